@@ -1,0 +1,11 @@
+"""Data: splits of a data set, the transforms the model expects, and seeded loaders.
+
+splits = build_splits(cfg.data, seed)          # raw samples and class names
+prep = resolve_preprocessing(model, size)      # mean, std, interpolation from timm
+loaders = build_loaders(cfg.data, splits, prep, seed, device)
+"""
+
+from finetune.data.loaders import Preprocessing, build_loaders, resolve_preprocessing
+from finetune.data.splits import Splits, build_splits
+
+__all__ = ["Preprocessing", "Splits", "build_loaders", "build_splits", "resolve_preprocessing"]

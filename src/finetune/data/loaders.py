@@ -1,0 +1,114 @@
+"""Preprocessing that follows the model, transforms, and seeded DataLoaders."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from finetune.data.splits import Splits
+
+
+@dataclass
+class Preprocessing:
+    """Input statistics the model expects; recorded in hparams.yaml."""
+
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+        }
+
+
+def resolve_preprocessing(model: torch.nn.Module, image_size: int) -> Preprocessing:
+    """Mean, std and interpolation from timm's resolved data config of `model`.
+
+    A pretrained backbone should see inputs normalised like the ones it learnt on.
+    """
+    from timm.data import resolve_data_config
+
+    config = resolve_data_config({}, model=model)
+    return Preprocessing(
+        image_size, tuple(config["mean"]), tuple(config["std"]), config["interpolation"]
+    )
+
+
+def transforms_for(kind: str, prep: Preprocessing, augment: bool) -> tuple[Any, Any]:
+    """(train, eval) transforms: timm's standard ones for PIL images, tensor ones for digits."""
+    if kind == "pil":
+        from timm.data import create_transform
+
+        common = {
+            "input_size": prep.image_size,
+            "mean": prep.mean,
+            "std": prep.std,
+            "interpolation": prep.interpolation,
+        }
+        eval_tf = create_transform(is_training=False, **common)
+        return (create_transform(is_training=True, **common) if augment else eval_tf), eval_tf
+    from torchvision.transforms import InterpolationMode, v2
+
+    mode = (
+        InterpolationMode(prep.interpolation)
+        if prep.interpolation in ("bilinear", "bicubic", "nearest")
+        else InterpolationMode.BILINEAR
+    )
+    resize = v2.Resize((prep.image_size, prep.image_size), interpolation=mode, antialias=True)
+    normalize = v2.Normalize(prep.mean, prep.std)
+    eval_tf = v2.Compose([resize, v2.Lambda(clamp01), normalize])
+    # Small images of symbols: shifts and small rotations, no flips.
+    shift = v2.RandomAffine(degrees=10, translate=(0.1, 0.1))
+    train_tf = v2.Compose([resize, v2.Lambda(clamp01), shift, normalize])
+    return (train_tf if augment else eval_tf), eval_tf
+
+
+def clamp01(images: torch.Tensor) -> torch.Tensor:
+    """Undo the overshoot of bicubic upscaling (a named function, so workers can pickle it)."""
+    return images.clamp(0, 1)
+
+
+def build_loaders(
+    cfg: DictConfig, splits: Splits, prep: Preprocessing, seed: int, device: torch.device
+) -> dict[str, DataLoader]:
+    """Seeded loaders: the training order depends on `seed` alone, workers included."""
+    train_tf, eval_tf = transforms_for(splits.kind, prep, cfg.augment)
+    splits.train.transform = train_tf
+    splits.val.transform = eval_tf
+    splits.test.transform = eval_tf
+    common: dict[str, Any] = {
+        "batch_size": cfg.batch_size,
+        "num_workers": cfg.num_workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": cfg.num_workers > 0,
+        "worker_init_fn": seed_worker,
+    }
+    # A last batch of one sample breaks BatchNorm in training; drop only that one.
+    drop_last = len(splits.train) % cfg.batch_size == 1
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "train": DataLoader(
+            splits.train, shuffle=True, drop_last=drop_last, generator=generator, **common
+        ),
+        "val": DataLoader(splits.val, shuffle=False, **common),
+        "test": DataLoader(splits.test, shuffle=False, **common),
+    }
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in a worker from torch's per-worker seed (PyTorch's recipe)."""
+    del worker_id
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)

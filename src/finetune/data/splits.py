@@ -1,0 +1,106 @@
+"""Splits of a data set, chosen classes, and the dispatch on `data.name`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from sklearn.model_selection import train_test_split
+from torch.utils.data import Dataset
+
+from finetune.errors import FinetuneError
+
+
+@dataclass
+class Splits:
+    """Train, validation and test sets of one data set, labels 0..len(class_names)-1.
+
+    `kind` says what a sample's image is ("tensor" or "pil"), which decides its transforms;
+    the datasets get them once the model's preprocessing is known.
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    class_names: list[str]
+    kind: str
+    test_source: str = "test"  # which split the test metrics really come from
+
+
+def build_splits(cfg: DictConfig, seed: int) -> Splits:
+    """Dispatch on `data.name` to the data set's builder."""
+    from finetune.data.cifar import cifar10_splits
+    from finetune.data.digits import digits_splits
+    from finetune.data.folders import image_folder_splits
+
+    builders = {
+        "digits": digits_splits,
+        "image_folder": image_folder_splits,
+        "cifar10": cifar10_splits,
+    }
+    if cfg.name not in builders:
+        raise FinetuneError(f"data.name={cfg.name} is unknown; use one of {sorted(builders)}")
+    check_fractions(cfg)
+    splits = builders[cfg.name](cfg, seed)
+    if len(splits.train) == 0 or len(splits.val) == 0:
+        raise FinetuneError(
+            f"data={cfg.name} left an empty train or val split ({len(splits.train)} train, "
+            f"{len(splits.val)} val images); add data or raise data.val_fraction"
+        )
+    return splits
+
+
+def check_fractions(cfg: DictConfig) -> None:
+    """Fractions in [0, 1) that leave training data."""
+    val, test = cfg.val_fraction, cfg.test_fraction
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise FinetuneError(
+            f"data.val_fraction={val} and data.test_fraction={test} must each be in [0, 1) "
+            "and add up to less than 1"
+        )
+
+
+def select_classes(
+    labels: torch.Tensor, class_names: list[str], wanted: Any
+) -> tuple[np.ndarray, torch.Tensor, list[str]]:
+    """Keep only the `wanted` classes (indices or names), relabelled 0..k-1 in the given order."""
+    if wanted is None:
+        return np.arange(len(labels)), labels, class_names
+    chosen = [class_index(item, class_names) for item in wanted]
+    if len(set(chosen)) != len(chosen) or len(chosen) < 2:
+        raise FinetuneError(f"data.classes={list(wanted)} must name at least 2 distinct classes")
+    remap = {old: new for new, old in enumerate(chosen)}
+    indices = np.flatnonzero([int(label) in remap for label in labels])
+    new_labels = torch.tensor([remap[int(label)] for label in labels[indices]])
+    return indices, new_labels, [class_names[i] for i in chosen]
+
+
+def class_index(item: Any, class_names: list[str]) -> int:
+    """The index of a class given by name or by index."""
+    if str(item) in class_names:
+        return class_names.index(str(item))
+    if isinstance(item, int) and 0 <= item < len(class_names):
+        return item
+    raise FinetuneError(f"data.classes has {item!r}, which is not one of {class_names}")
+
+
+def stratified_split(
+    labels: np.ndarray, cfg: DictConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of train, val and test, each class in the same proportion in each split."""
+    indices = np.arange(len(labels))
+    held_out = cfg.val_fraction + cfg.test_fraction
+    if held_out == 0:
+        return indices, indices[:0], indices[:0]
+    train, rest = train_test_split(indices, test_size=held_out, stratify=labels, random_state=seed)
+    if cfg.test_fraction == 0:
+        return train, rest, rest[:0]
+    if cfg.val_fraction == 0:
+        return train, rest[:0], rest
+    val, test = train_test_split(
+        rest, test_size=cfg.test_fraction / held_out, stratify=labels[rest], random_state=seed
+    )
+    return train, val, test

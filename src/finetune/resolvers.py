@@ -1,0 +1,40 @@
+"""OmegaConf resolvers that the configs use; registered before Hydra composes anything."""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import OmegaConf
+
+# base path -> directory reserved for it by this process, so every resolution agrees.
+_reserved_dirs: dict[str, str] = {}
+
+
+def unique_dir(base: str) -> str:
+    """Reserve a run directory that no other run uses, even one started in the same second.
+
+    `os.mkdir` is atomic: of two processes that race for `base`, one wins and the other takes
+    `base_1` (then `_2`, ...). Hydra resolves the run directory several times in one process,
+    so the first answer is remembered.
+    """
+    if base in _reserved_dirs:
+        return _reserved_dirs[base]
+    parent = os.path.dirname(base)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    candidate, suffix = base, 0
+    while True:
+        try:
+            os.mkdir(candidate)
+            break
+        except FileExistsError:
+            suffix += 1
+            candidate = f"{base}_{suffix}"
+    _reserved_dirs[base] = candidate
+    return candidate
+
+
+def register_resolvers() -> None:
+    """Register the project's resolvers once (Hydra may import the entrypoint twice)."""
+    if not OmegaConf.has_resolver("unique_dir"):
+        OmegaConf.register_new_resolver("unique_dir", unique_dir)
