@@ -1,9 +1,12 @@
 """Train a model: python train.py [group=option ...] [key=value ...]   (see README.md)."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from finetune.resolvers import register_resolvers
+from finetune.resume import resume_argv
 
 register_resolvers()
 
@@ -11,12 +14,17 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     # Heavy imports (torch, timm) wait until a job runs, so --help and --cfg answer at once.
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from finetune.errors import exit_on_user_error
     from finetune.train import run
 
-    with exit_on_user_error():
+    # In a sweep the error must reach Hydra, which records this job as failed and goes on.
+    with exit_on_user_error(reraise=HydraConfig.get().mode == RunMode.MULTIRUN):
         return run(cfg)
 
 
 if __name__ == "__main__":
+    sys.argv = resume_argv(sys.argv)  # resume=RUN continues in RUN's own directory
     main()

@@ -235,6 +235,11 @@ class Checkpointer:
                 os.unlink(path)
         return is_best
 
+    def save_last(self, state: dict[str, Any]) -> None:
+        """A mid-epoch last.pt (step checkpoint or preemption): no metrics, so no best/top-k."""
+        state = {**state, "best": dict(self.best), "top_k": [list(e) for e in self.top_k.entries]}
+        save_torch(state, self.directory / "last.pt")
+
     def restore(self, state: dict[str, Any]) -> None:
         """Take best and top-k bookkeeping back from a resumed checkpoint."""
         self.best = dict(state["best"])

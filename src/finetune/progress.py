@@ -9,15 +9,17 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-class Progress:
+class ProgressBar:
     """A tqdm bar when stderr is a terminal; nothing per step otherwise (the epoch line stays)."""
 
-    def __init__(self, total: int, description: str, enabled: bool) -> None:
+    def __init__(self, total: int, description: str, enabled: bool, initial: int = 0) -> None:
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, initial=initial, desc=description, leave=False, dynamic_ncols=True
+            )
 
     def advance(self) -> None:
         if self.bar is not None:

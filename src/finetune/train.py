@@ -1,4 +1,4 @@
-"""One training run, top to bottom: build, train, evaluate, record, test.
+"""One training run, top to bottom: build, (resume), train, evaluate, record, test.
 
 `run(cfg)` is the whole flow; `train_one_epoch` and `evaluate` sit beside it. Logging and
 checkpointing are called inline in the loop, in plain sight.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,54 +21,81 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 
-from finetune.checkpoint import FORMAT_VERSION, Checkpointer, model_state, rng_state
+from finetune.checkpoint import FORMAT_VERSION, Checkpointer, model_state, rng_state, set_rng_state
 from finetune.data import build_loaders, build_splits, resolve_preprocessing
 from finetune.errors import FinetuneError, one_line
 from finetune.loggers import Loggers, build_loggers
 from finetune.metrics import build_metrics
 from finetune.models import build_model, count_parameters
 from finetune.optim import param_groups
-from finetune.progress import Progress, log_to_file_only
-from finetune.rundir import write_hparams, write_summary
+from finetune.progress import ProgressBar, log_to_file_only
+from finetune.resume import load_resume_state, trim_metrics_csv
+from finetune.rundir import read_summary, write_hparams, write_summary
 from finetune.setup import check_config, model_summary, pick_device, seed_everything
+from finetune.signals import RunStopped, StopRequest
 from finetune.weights import safe_torch_load
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: what a checkpoint must hold to continue bitwise."""
+
+    epoch: int = 0  # epochs completed
+    global_step: int = 0  # optimizer steps taken
+    step_in_epoch: int = 0  # steps of epoch+1 already taken (a mid-epoch checkpoint)
+    epoch_loss_sum: float = 0.0  # sum of those steps' losses
 
 
 def run(cfg: DictConfig) -> float:
     """Train, validate every epoch, test the best checkpoint; return the best monitored value."""
     started = time.time()
     run_dir = Path(cfg.paths.output_dir)
-    summary: dict[str, Any] = {
-        "status": "running",
-        "run_dir": str(run_dir),
-        "monitor": cfg.monitor,
-        "mode": cfg.mode,
-    }
+    cfg, resumed = load_resume_state(cfg, run_dir)
+    summary = (read_summary(run_dir) or {}) if resumed else {}
+    summary.update(status="running", run_dir=str(run_dir), monitor=cfg.monitor, mode=cfg.mode)
+    summary.pop("error", None)
     write_summary(run_dir, summary)
+    stop = StopRequest()
     try:
-        best = train_and_test(cfg, run_dir, summary)
+        best = train_and_test(cfg, run_dir, summary, resumed, stop)
+    except RunStopped as stopped:
+        finish_summary(run_dir, summary, stopped.status, started)
+        log.warning(
+            "Run %s; last.pt is saved. Continue with: python train.py resume=%s", stopped, run_dir
+        )
+        raise SystemExit(stopped.exit_code) from None
     except BaseException as error:
         interrupted = isinstance(error, KeyboardInterrupt)
-        summary["status"] = "interrupted" if interrupted else "failed"
         summary["error"] = None if interrupted else one_line(error)
-        summary["wall_time_s"] = round(time.time() - started, 2)
-        write_summary(run_dir, summary)
+        finish_summary(run_dir, summary, "interrupted" if interrupted else "failed", started)
         raise
-    summary["status"] = "completed"
-    summary["wall_time_s"] = round(time.time() - started, 2)
-    write_summary(run_dir, summary)
+    finally:
+        stop.close()
+    finish_summary(run_dir, summary, "completed", started)
     log.info(
-        "Done in %.1fs: test %s | run directory %s",
-        summary["wall_time_s"],
-        format_metrics(summary.get("test", {})),
+        "Done in %.1fs: %s | run directory %s",
+        time.time() - started,
+        format_metrics(summary["test"]),
         run_dir,
     )
     return best
 
 
-def train_and_test(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> float:
+def finish_summary(run_dir: Path, summary: dict[str, Any], status: str, started: float) -> None:
+    summary["status"] = status
+    summary["wall_time_s"] = round(summary.get("wall_time_s_before", 0) + time.time() - started, 2)
+    write_summary(run_dir, summary)
+
+
+def train_and_test(
+    cfg: DictConfig,
+    run_dir: Path,
+    summary: dict[str, Any],
+    resumed: dict[str, Any] | None,
+    stop: StopRequest,
+) -> float:
     check_config(cfg)
     device = pick_device(cfg.trainer.device)
     seed_everything(cfg.seed)
@@ -85,7 +114,6 @@ def train_and_test(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> f
         optimizer, steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs
     )
     metrics = build_metrics(len(splits.class_names)).to(device)
-    loggers = build_loggers(cfg.logger, run_dir, is_main=True)
     checkpointer = Checkpointer(
         run_dir / cfg.checkpoint.dirname,
         cfg.monitor,
@@ -93,75 +121,91 @@ def train_and_test(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> f
         cfg.checkpoint.save_top_k,
         cfg.checkpoint.save_safetensors,
     )
+    loop = LoopState()
+    if resumed is not None:
+        loop = restore(resumed, model, optimizer, scheduler, checkpointer)
+        trim_metrics_csv(run_dir / "metrics.csv", loop.epoch)
+        summary["wall_time_s_before"] = summary.get("wall_time_s", 0)
+    loggers = build_loggers(cfg.logger, run_dir, is_main=True)
 
     params = count_parameters(model)
-    facts = {
-        "device": str(device),
-        "model": vars(model_info),
-        "parameters": params,
-        "preprocessing": prep.as_dict(),
-        "classes": splits.class_names,
-        "split_sizes": {k: len(v.dataset) for k, v in loaders.items()},
-        "test_split": splits.test_source,
-    }
-    write_hparams(run_dir, cfg, facts)
+    if resumed is None:
+        facts = {
+            "device": str(device),
+            "model": asdict(model_info),
+            "parameters": params,
+            "preprocessing": prep.as_dict(),
+            "classes": splits.class_names,
+            "split_sizes": {k: len(v.dataset) for k, v in loaders.items()},
+            "test_split": splits.test_source,
+        }
+        write_hparams(run_dir, cfg, facts)
+        log_to_file_only(model_summary(model, prep.image_size, device))
     summary.update(pretrained=model_info.pretrained_source, classes=splits.class_names)
     log.info(
-        "%s (%s) on %s: %d classes, %s parameters (%s trainable); %s",
+        "%s (%s) on %s: %d classes, %s parameters (%s trainable); %d train images",
         cfg.model.name,
         model_info.pretrained_source,
         device,
         len(splits.class_names),
         f"{params['total']:,}",
         f"{params['trainable']:,}",
-        facts["split_sizes"],
+        len(splits.train),
     )
-    log_to_file_only(model_summary(model, prep.image_size, device))
     metadata = {"model": cfg.model.name, "classes": ",".join(splits.class_names)}
 
-    global_step = 0
-    for epoch in range(1, cfg.trainer.epochs + 1):
+    def checkpoint_state(loss: float, val: dict[str, float]) -> dict[str, Any]:
+        """The classic PyTorch checkpoint dict, plus what an exact resume needs."""
+        return {
+            "epoch": loop.epoch,
+            "model_state_dict": model_state(model),
+            "optimizer_state_dict": optimizer.state_dict(),
+            "loss": loss,
+            "scheduler": scheduler.state_dict(),
+            "scaler": None,
+            "global_step": loop.global_step,
+            "loop": asdict(loop),
+            "rng": rng_state(),
+            "metrics": val,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "wandb_run_id": None,
+            "format_version": FORMAT_VERSION,
+        }
+
+    def save_mid_epoch(loss: float) -> None:
+        checkpointer.save_last(checkpoint_state(loss, {}))
+
+    while loop.epoch < cfg.trainer.epochs:
+        epoch = loop.epoch + 1
         epoch_start = time.time()
-        train_loss, global_step, images_per_s = train_one_epoch(
+        train_loss, images_per_s = train_one_epoch(
             model,
             loaders["train"],
             optimizer,
             scheduler,
             loggers,
             device,
-            cfg.trainer,
-            epoch,
-            global_step,
+            cfg,
+            loop,
+            stop,
+            save_mid_epoch,
         )
         val = evaluate(model, loaders["val"], metrics, device, "val", cfg.trainer.limit_val_batches)
+        loop.epoch, loop.step_in_epoch, loop.epoch_loss_sum = epoch, 0, 0.0
         row = {
             "epoch": epoch,
-            "step": global_step,
+            "step": loop.global_step,
             "train/loss": train_loss,
             **val,
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": images_per_s,
             "epoch_time_s": time.time() - epoch_start,
         }
+        is_best = checkpointer.save(checkpoint_state(train_loss, val), model, val, metadata)
         loggers.log_epoch(row)
         loggers.log_metrics(
-            {k: v for k, v in row.items() if k not in ("epoch", "step")}, global_step
+            {k: v for k, v in row.items() if k not in ("epoch", "step")}, loop.global_step
         )
-        state = {
-            "epoch": epoch,
-            "global_step": global_step,
-            "model_state_dict": model_state(model),
-            "optimizer_state_dict": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": None,
-            "loss": train_loss,
-            "metrics": val,
-            "rng": rng_state(),
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "wandb_run_id": None,
-            "format_version": FORMAT_VERSION,
-        }
-        is_best = checkpointer.save(state, model, val, metadata)
         log.info(
             "epoch %d/%d | train/loss %.4f | %s | lr %.2e | %.0f img/s | %.1fs%s",
             epoch,
@@ -175,11 +219,13 @@ def train_and_test(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> f
         )
         summary.update(best=checkpointer.best, final=row, epochs_done=epoch)
         write_summary(run_dir, summary)
+        if stop.requested:
+            raise stop.stopped()
 
     best_state = safe_torch_load(Path(checkpointer.best["path"]))
     model.load_state_dict(best_state["model_state_dict"])
     test = evaluate(model, loaders["test"], metrics, device, "test", None)
-    loggers.log_metrics(test, global_step)
+    loggers.log_metrics(test, loop.global_step)
     best_score = float(checkpointer.best["score"])
     loggers.log_hparams(flat_hparams(cfg), {cfg.monitor: best_score, **test})
     loggers.finish("completed")
@@ -189,6 +235,29 @@ def train_and_test(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> f
     return best_score
 
 
+def restore(
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    checkpointer: Checkpointer,
+) -> LoopState:
+    """Load a checkpoint's full state; the next step is the one the saved run would take."""
+    try:
+        model.load_state_dict(state["model_state_dict"])
+    except RuntimeError as error:
+        raise FinetuneError(
+            f"the resumed checkpoint does not fit the model: {one_line(error)}"
+        ) from None
+    optimizer.load_state_dict(state["optimizer_state_dict"])
+    scheduler.load_state_dict(state["scheduler"])
+    checkpointer.restore(state)
+    set_rng_state(state["rng"])
+    loop = LoopState(**state["loop"])
+    log.info("Resumed at epoch %d, step %d", loop.epoch, loop.global_step)
+    return loop
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -196,22 +265,30 @@ def train_one_epoch(
     scheduler: Any,
     loggers: Loggers,
     device: torch.device,
-    trainer: DictConfig,
-    epoch: int,
-    global_step: int,
-) -> tuple[float, int, float]:
-    """One pass over the training data; returns (mean loss, global step, images/s).
+    cfg: DictConfig,
+    loop: LoopState,
+    stop: StopRequest,
+    save_mid_epoch: Callable[[float], None],
+) -> tuple[float, float]:
+    """One pass over the training data; returns (mean loss, images/s).
 
     The loss stays on the device and is read (a host sync) only every `log_every_n_steps`.
+    The data order is a function of (seed, epoch), so a resumed epoch skips what was done.
     """
+    trainer = cfg.trainer
     model.train()
     criterion = nn.CrossEntropyLoss()
-    steps = limited(len(loader), trainer.limit_train_batches)
-    loss_sum = torch.zeros((), device=device)
+    steps = limited(loader.sampler.full_batches(loader), trainer.limit_train_batches)
+    loader.sampler.set_epoch(
+        loop.epoch + 1, skip_batches=loop.step_in_epoch, batch_size=loader.batch_size
+    )
+    loss_sum = torch.tensor(loop.epoch_loss_sum, device=device)
     images_seen, start = 0, time.perf_counter()
-    progress = Progress(steps, f"epoch {epoch}", enabled=trainer.progress_bar)
-    for step, (images, targets) in enumerate(loader):
-        if step >= steps:
+    bar = ProgressBar(
+        steps, f"epoch {loop.epoch + 1}", enabled=trainer.progress_bar, initial=loop.step_in_epoch
+    )
+    for images, targets in loader:
+        if loop.step_in_epoch >= steps:
             break
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -222,21 +299,31 @@ def train_one_epoch(
         scheduler.step()
         loss_sum += loss.detach()
         images_seen += images.shape[0]
-        global_step += 1
-        if global_step % trainer.log_every_n_steps == 0:
+        loop.global_step += 1
+        loop.step_in_epoch += 1
+        if loop.global_step % trainer.log_every_n_steps == 0:
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise FinetuneError(
-                    f"loss is {loss_value} at step {global_step}; lower optimizer.lr or use "
-                    "a warmup (scheduler=cosine)"
+                    f"loss is {loss_value} at step {loop.global_step}; lower optimizer.lr "
+                    "or use a warmup (scheduler=cosine)"
                 )
             rate = images_seen / (time.perf_counter() - start)
-            loggers.log_metrics({"train/loss": loss_value, "train/images_per_s": rate}, global_step)
-            progress.show(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
-        progress.advance()
-    progress.close()
+            loggers.log_metrics(
+                {"train/loss": loss_value, "train/images_per_s": rate}, loop.global_step
+            )
+            bar.show(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
+        bar.advance()
+        every = cfg.checkpoint.every_n_steps
+        if stop.requested or (every and loop.global_step % every == 0):
+            loop.epoch_loss_sum = loss_sum.item()
+            save_mid_epoch(loop.epoch_loss_sum / loop.step_in_epoch)
+            if stop.requested:
+                bar.close()
+                raise stop.stopped()
+    bar.close()
     elapsed = time.perf_counter() - start
-    return (loss_sum / max(1, steps)).item(), global_step, images_seen / max(elapsed, 1e-9)
+    return (loss_sum / max(1, steps)).item(), images_seen / max(elapsed, 1e-9)
 
 
 @torch.inference_mode()
@@ -275,7 +362,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The hyper-parameters a sweep compares, flattened for TensorBoard's HParams tab."""
-    chosen = {
+    return {
         "model": cfg.model.name,
         "pretrained": str(cfg.model.pretrained),
         "data": cfg.data.name,
@@ -288,4 +375,3 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
         "freeze": cfg.freeze.policy,
         "seed": cfg.seed,
     }
-    return chosen

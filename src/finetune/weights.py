@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,24 @@ def safe_torch_load(path: Path) -> object:
             f"{path} holds pickled objects other than tensors and plain data; refused for "
             f"safety (nothing in it was run): {str(error).splitlines()[0]}"
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise FinetuneError(f"{path} is incomplete or corrupted: {error}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise FinetuneError(
+            f"{path} is incomplete or corrupted ({one_line(error)}); {whole_neighbour(path)}"
+        ) from None
+
+
+def whole_neighbour(path: Path) -> str:
+    """Name the newest checkpoint beside `path` that loads, so the user knows what is safe."""
+    candidates = sorted(path.parent.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for candidate in candidates:
+        if candidate == path:
+            continue
+        try:
+            torch.load(candidate, map_location="cpu", weights_only=True)
+        except Exception:  # any damage: keep looking
+            continue
+        return f"{candidate} is whole"
+    return "no other checkpoint beside it is whole"
 
 
 def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from finetune.data.splits import Splits
 
@@ -96,14 +96,39 @@ def build_loaders(
     }
     # A last batch of one sample breaks BatchNorm in training; drop only that one.
     drop_last = len(splits.train) % cfg.batch_size == 1
-    generator = torch.Generator().manual_seed(seed)
+    sampler = EpochSampler(len(splits.train), seed)
     return {
-        "train": DataLoader(
-            splits.train, shuffle=True, drop_last=drop_last, generator=generator, **common
-        ),
+        "train": DataLoader(splits.train, sampler=sampler, drop_last=drop_last, **common),
         "val": DataLoader(splits.val, shuffle=False, **common),
         "test": DataLoader(splits.test, shuffle=False, **common),
     }
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffle that is a function of (seed, epoch) alone, and can start mid-epoch.
+
+    Like DistributedSampler's set_epoch: no generator state to carry, so a resumed run draws
+    the same order, and a step checkpoint skips the batches already done without loading them.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed = size, seed
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0, batch_size: int = 1) -> None:
+        self.epoch, self.skip = epoch, skip_batches * batch_size
+
+    def full_batches(self, loader: DataLoader) -> int:
+        """Batches in a whole epoch, whatever the current skip."""
+        whole, rest = divmod(self.size, loader.batch_size)
+        return whole + (0 if loader.drop_last or rest == 0 else 1)
+
+    def __iter__(self):  # noqa: ANN204 (an iterator of indices)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(self.size, generator=generator)[self.skip :].tolist()
+
+    def __len__(self) -> int:
+        return self.size - self.skip
 
 
 def seed_worker(worker_id: int) -> None:

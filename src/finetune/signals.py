@@ -1,0 +1,65 @@
+"""Stopping cleanly on a signal: finish the step, save, record, exit.
+
+SIGTERM and SIGUSR1 are how clusters preempt a job (SLURM sends one before the kill); SIGINT
+is Ctrl-C. The first signal sets a flag that the loop checks after every step; a second
+SIGINT stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class RunStopped(Exception):
+    """Raised by the loop once the state is saved after a stop request."""
+
+    def __init__(self, status: str, signum: int) -> None:
+        super().__init__(f"{status} by {signal.Signals(signum).name}")
+        self.status, self.signum = status, signum
+
+    @property
+    def exit_code(self) -> int:
+        """128 + signal number, as a shell reports a process ended by that signal."""
+        return 128 + self.signum
+
+
+class StopRequest:
+    """Signal handlers that ask the loop to stop; restored on close()."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, object] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # handlers can only be installed from the main thread (joblib jobs)
+        for signum in (*PREEMPT_SIGNALS, signal.SIGINT):
+            self.previous[signum] = signal.signal(signum, self.handle)
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signum = signum
+        log.warning(
+            "%s received: finishing the step, saving last.pt, then stopping "
+            "(resume=RUN_DIR continues)",
+            signal.Signals(signum).name,
+        )
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def stopped(self) -> RunStopped:
+        assert self.signum is not None
+        status = "interrupted" if self.signum == signal.SIGINT else "preempted"
+        return RunStopped(status, self.signum)
+
+    def close(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
