@@ -96,9 +96,12 @@ def build_loaders(
     }
     # A last batch of one sample breaks BatchNorm in training; drop only that one.
     drop_last = len(splits.train) % cfg.batch_size == 1
-    sampler = EpochSampler(len(splits.train), seed)
+    generator = torch.Generator()
+    sampler = EpochSampler(len(splits.train), seed, generator)
     return {
-        "train": DataLoader(splits.train, sampler=sampler, drop_last=drop_last, **common),
+        "train": DataLoader(
+            splits.train, sampler=sampler, drop_last=drop_last, generator=generator, **common
+        ),
         "val": DataLoader(splits.val, shuffle=False, **common),
         "test": DataLoader(splits.test, shuffle=False, **common),
     }
@@ -111,12 +114,19 @@ class EpochSampler(Sampler[int]):
     the same order, and a step checkpoint skips the batches already done without loading them.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, loader_generator: torch.Generator) -> None:
         self.size, self.seed = size, seed
         self.epoch, self.skip = 0, 0
+        self.loader_generator = loader_generator
 
     def set_epoch(self, epoch: int, skip_batches: int = 0, batch_size: int = 1) -> None:
+        """Start `epoch`, skipping `skip_batches` batches already trained on.
+
+        The loader's own generator (which seeds its workers) is reseeded too: drawn from the
+        global RNG instead, a mid-epoch resume would shift the augmentation's random stream.
+        """
         self.epoch, self.skip = epoch, skip_batches * batch_size
+        self.loader_generator.manual_seed(self.seed + epoch)
 
     def full_batches(self, loader: DataLoader) -> int:
         """Batches in a whole epoch, whatever the current skip."""

@@ -1,0 +1,21 @@
+"""Evaluate a checkpoint: python eval.py ckpt=RUN_DIR_OR_CHECKPOINT [data=...]   (see README)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from finetune.resolvers import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> dict:
+    from finetune.errors import exit_on_user_error
+    from finetune.evaluation import evaluate_checkpoint
+
+    with exit_on_user_error():
+        return evaluate_checkpoint(cfg)
+
+
+if __name__ == "__main__":
+    main()
