@@ -1,25 +1,54 @@
-"""Parameter groups for the optimizer."""
+"""Parameter groups for the optimizer, and growing them when a frozen backbone thaws."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters in two groups: with weight decay, and without it.
+def param_groups(
+    params: list[nn.Parameter],
+    weight_decay: float,
+    lr: float,
+    backbone_ids: set[int],
+    backbone_lr_mult: float,
+) -> list[dict[str, Any]]:
+    """Trainable parameters grouped by (head or backbone) x (decay or not).
 
-    Norm weights and biases (every tensor of one dimension) get no decay, as in timm and
-    nanoGPT: decaying them only pulls normalisation towards zero. Frozen parameters are left
-    out, so the optimizer holds no state for them.
+    Norm weights and biases (every tensor of one dimension) get no weight decay, as in timm and
+    nanoGPT: decaying them only pulls normalisation towards zero. The backbone learns at
+    `backbone_lr_mult` times the head's rate. Frozen parameters are left out, so the optimizer
+    holds no state for them. Empty groups are dropped.
     """
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 else decay).append(param)
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for param in params:
+        if param.requires_grad:
+            key = (id(param) in backbone_ids, param.ndim > 1)
+            groups.setdefault(key, []).append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "params": groups[key],
+            "weight_decay": weight_decay if key[1] else 0.0,
+            "lr": lr * (backbone_lr_mult if key[0] else 1.0),
+        }
+        for key in sorted(groups)
     ]
+
+
+def add_param_groups(
+    optimizer: torch.optim.Optimizer, scheduler: Any, groups: list[dict[str, Any]]
+) -> None:
+    """Give newly thawed parameters to the optimizer and to its LambdaLR schedule.
+
+    A LambdaLR keeps one base LR and one factor per group; a group added later must be added
+    there too, or its LR would never follow the schedule. Its LR starts at the schedule's
+    current factor, as if it had been there all along.
+    """
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in groups:
+        group["initial_lr"] = group["lr"]
+        optimizer.add_param_group({**group, "lr": group["lr"] * factor})
+        scheduler.base_lrs.append(group["initial_lr"])
+        scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])

@@ -126,3 +126,19 @@ def head_prefixes(model: nn.Module) -> tuple[str, ...]:
     classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or "fc"
     names = classifier if isinstance(classifier, (list, tuple)) else (classifier,)
     return tuple(f"{name}." for name in names)
+
+
+def load_exact(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load every weight, or fail listing the keys that do not fit.
+
+    Only BatchNorm's `num_batches_tracked` counters may be missing: a frozen BatchNorm layer
+    (timm's FrozenBatchNorm2d) has none, so a checkpoint of a frozen run lacks them.
+    """
+    result = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise FinetuneError(
+            f"{source} does not fit {type(model).__name__}: missing {missing[:6]}, "
+            f"unexpected {unexpected[:6]}; check model.name and the number of classes"
+        )
