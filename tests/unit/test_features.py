@@ -1,0 +1,62 @@
+"""The feature cache gives the head exactly what the frozen model would, and is reused."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, TensorDataset
+
+from finetune.errors import FinetuneError
+from finetune.features import check_cache_features, feature_loaders
+from finetune.freeze import Freezer
+
+
+def config(tmp_path, **freeze):
+    return OmegaConf.create(
+        {
+            "seed": 0,
+            "model": {"name": "test_resnet"},
+            "data": {"name": "digits", "batch_size": 4, "num_workers": 0, "augment": False},
+            "freeze": {
+                "policy": "backbone",
+                "cache_features": True,
+                "feature_cache_dir": str(tmp_path / "features"),
+                **freeze,
+            },
+        }
+    )
+
+
+def test_cached_features_through_the_head_equal_the_model(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3)
+    Freezer(model, OmegaConf.create({"policy": "backbone"})).apply(epoch=1)
+    images, labels = torch.randn(10, 3, 32, 32), torch.randint(0, 3, (10,))
+    loaders = {
+        split: DataLoader(TensorDataset(images, labels), batch_size=4)
+        for split in ("train", "val", "test")
+    }
+    cfg = config(tmp_path)
+    cached = feature_loaders(model, loaders, cfg, {"image_size": 32}, torch.device("cpu"))
+    features, cached_labels = next(iter(cached["val"]))
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model.get_classifier()(features), model(images[:4]), atol=1e-5)
+    assert torch.equal(cached_labels, labels[:4])
+    files = list((tmp_path / "features").glob("*.pt"))
+    assert len(files) == 1
+    # Reused: a second call reads the file instead of running the backbone.
+    mtime = files[0].stat().st_mtime_ns
+    feature_loaders(model, loaders, cfg, {"image_size": 32}, torch.device("cpu"))
+    assert files[0].stat().st_mtime_ns == mtime
+
+
+def test_cache_needs_a_frozen_backbone_and_no_augmentation(tmp_path):
+    with pytest.raises(FinetuneError, match="freeze=backbone"):
+        check_cache_features(config(tmp_path, policy="partial"))
+    cfg = config(tmp_path)
+    cfg.data.augment = True
+    with pytest.raises(FinetuneError, match="data.augment=false"):
+        check_cache_features(cfg)
