@@ -7,7 +7,8 @@ Three runs of the real entrypoint (train.py):
   1. pretrain      all weights trained on classes 0-4
   2. transfer      classes 5-9, backbone frozen, loaded from run 1 (a linear probe)
   3. random        classes 5-9, backbone frozen at random init (explicitly allowed)
-It prints the three test accuracies; the transferred backbone should beat the random one.
+It prints the three test accuracies (and writes them to OUT/results.json); the transferred
+backbone should beat the random one.
 """
 
 from __future__ import annotations
@@ -75,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'run':36} test/acc   run directory")
     for label, summary in rows:
         print(f"{label:36} {summary['test']['test/acc']:.4f}     {summary['run_dir']}")
-    gain = transfer["test"]["test/acc"] - random["test"]["test/acc"]
+    accuracies = {
+        name: summary["test"]["test/acc"]
+        for name, summary in (("pretrain", pretrain), ("transfer", transfer), ("random", random))
+    }
+    (out / "results.json").write_text(json.dumps(accuracies, indent=2) + "\n")
+    gain = accuracies["transfer"] - accuracies["random"]
     print(f"\ntransfer - random = {gain:+.4f} test accuracy")
     return 0 if gain > 0 else 1
 

@@ -24,16 +24,20 @@ from torchmetrics import MetricCollection
 from finetune.checkpoint import FORMAT_VERSION, Checkpointer, model_state, rng_state, set_rng_state
 from finetune.data import build_loaders, build_splits, resolve_preprocessing
 from finetune.errors import FinetuneError, one_line
+from finetune.features import check_cache_features, feature_loaders
+from finetune.freeze import Freezer, check_freeze
 from finetune.loggers import Loggers, build_loggers
 from finetune.metrics import build_metrics
 from finetune.models import build_model, count_parameters
-from finetune.optim import param_groups
+from finetune.optim import add_param_groups, param_groups
+from finetune.predictions import Predictions
 from finetune.progress import ProgressBar, log_to_file_only
+from finetune.pruning import report as report_to_sweeper
 from finetune.resume import load_resume_state, trim_metrics_csv
 from finetune.rundir import read_summary, write_hparams, write_summary
 from finetune.setup import check_config, model_summary, pick_device, seed_everything
 from finetune.signals import RunStopped, StopRequest
-from finetune.weights import safe_torch_load
+from finetune.weights import load_exact, safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +104,34 @@ def train_and_test(
     device = pick_device(cfg.trainer.device)
     seed_everything(cfg.seed)
 
+    check_cache_features(cfg)
     splits = build_splits(cfg.data, cfg.seed)
     model, model_info = build_model(cfg.model, num_classes=len(splits.class_names))
+    check_freeze(cfg.freeze, model_info.pretrained_loaded)
     prep = resolve_preprocessing(model, cfg.data.image_size)
     loaders = build_loaders(cfg.data, splits, prep, cfg.seed, device)
     model.to(device)
+    freezer = Freezer(model, cfg.freeze)  # before the optimizer (and compile/DDP) see the model
+    freezer.apply(epoch=1)
+    net = model  # what the loop trains: the model, or its head alone on cached features
+    if cfg.freeze.cache_features:
+        loaders = feature_loaders(model, loaders, cfg, prep.as_dict(), device)
+        net = model.get_classifier()
 
     # Parameter groups hold tensors, which Hydra cannot pass through a config: call a partial.
-    make_optimizer = instantiate(cfg.optimizer, _partial_=True, _convert_="all")
-    optimizer = make_optimizer(params=param_groups(model, cfg.optimizer.weight_decay))
+    optimizer_cfg = {k: v for k, v in cfg.optimizer.items() if k != "backbone_lr_mult"}
+    make_optimizer = instantiate(optimizer_cfg, _partial_=True, _convert_="all")
+
+    def trainable_groups(params: list[nn.Parameter]) -> list[dict[str, Any]]:
+        return param_groups(
+            params,
+            cfg.optimizer.weight_decay,
+            cfg.optimizer.lr,
+            freezer.backbone_parameters(),
+            cfg.freeze.backbone_lr_mult,
+        )
+
+    optimizer = make_optimizer(params=trainable_groups(list(model.parameters())))
     steps_per_epoch = limited(len(loaders["train"]), cfg.trainer.limit_train_batches)
     scheduler = instantiate(cfg.scheduler)(
         optimizer, steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs
@@ -123,10 +146,20 @@ def train_and_test(
     )
     loop = LoopState()
     if resumed is not None:
-        loop = restore(resumed, model, optimizer, scheduler, checkpointer)
+        loop = LoopState(**resumed["loop"])
+        # Thaw as the saved run had by then, so the optimizer has the same groups.
+        for epoch in range(2, loop.epoch + 1 + (loop.step_in_epoch > 0)):
+            add_param_groups(optimizer, scheduler, trainable_groups(freezer.apply(epoch)))
+        restore(resumed, model, optimizer, scheduler, checkpointer)
         trim_metrics_csv(run_dir / "metrics.csv", loop.epoch)
         summary["wall_time_s_before"] = summary.get("wall_time_s", 0)
-    loggers = build_loggers(cfg.logger, run_dir, is_main=True)
+    loggers = build_loggers(
+        cfg,
+        run_dir,
+        is_main=True,
+        wandb_run_id=resumed["wandb_run_id"] if resumed is not None else None,
+        resume_step=loop.global_step if resumed is not None else None,
+    )
 
     params = count_parameters(model)
     if resumed is None:
@@ -167,8 +200,10 @@ def train_and_test(
             "loop": asdict(loop),
             "rng": rng_state(),
             "metrics": val,
+            "classes": splits.class_names,
+            "freeze": {"policy": cfg.freeze.policy, "frozen_stages": freezer.frozen},
             "config": OmegaConf.to_container(cfg, resolve=True),
-            "wandb_run_id": None,
+            "wandb_run_id": loggers.wandb_run_id,
             "format_version": FORMAT_VERSION,
         }
 
@@ -178,8 +213,11 @@ def train_and_test(
     while loop.epoch < cfg.trainer.epochs:
         epoch = loop.epoch + 1
         epoch_start = time.time()
+        thawed = freezer.apply(epoch)  # gradual: the backbone joins the optimizer
+        if thawed:
+            add_param_groups(optimizer, scheduler, trainable_groups(thawed))
         train_loss, images_per_s = train_one_epoch(
-            model,
+            net,
             loaders["train"],
             optimizer,
             scheduler,
@@ -190,7 +228,15 @@ def train_and_test(
             stop,
             save_mid_epoch,
         )
-        val = evaluate(model, loaders["val"], metrics, device, "val", cfg.trainer.limit_val_batches)
+        # Pictures of predictions need images, which cached features are not.
+        samples = (
+            None
+            if net is not model
+            else loggers.predictions(model, splits.class_names, prep.mean, prep.std)
+        )
+        val = evaluate(
+            net, loaders["val"], metrics, device, "val", cfg.trainer.limit_val_batches, samples
+        )
         loop.epoch, loop.step_in_epoch, loop.epoch_loss_sum = epoch, 0, 0.0
         row = {
             "epoch": epoch,
@@ -203,9 +249,11 @@ def train_and_test(
         }
         is_best = checkpointer.save(checkpoint_state(train_loss, val), model, val, metadata)
         loggers.log_epoch(row)
-        loggers.log_metrics(
-            {k: v for k, v in row.items() if k not in ("epoch", "step")}, loop.global_step
-        )
+        # train/loss is the step loss in the scalar logs; the epoch's mean gets its own tag.
+        scalars = {k: v for k, v in row.items() if k not in ("epoch", "step", "train/loss")}
+        loggers.log_metrics({"train/loss_epoch": train_loss, **scalars}, loop.global_step)
+        loggers.log_predictions(samples, epoch, loop.global_step)  # image grid, confusion matrix
+        loggers.log_histograms(model, epoch, loop.global_step)  # the last step's .grad: no sync
         log.info(
             "epoch %d/%d | train/loss %.4f | %s | lr %.2e | %.0f img/s | %.1fs%s",
             epoch,
@@ -219,15 +267,18 @@ def train_and_test(
         )
         summary.update(best=checkpointer.best, final=row, epochs_done=epoch)
         write_summary(run_dir, summary)
+        report_to_sweeper(epoch, val[cfg.monitor])  # an Optuna pruner may stop this trial
         if stop.requested:
             raise stop.stopped()
 
     best_state = safe_torch_load(Path(checkpointer.best["path"]))
-    model.load_state_dict(best_state["model_state_dict"])
-    test = evaluate(model, loaders["test"], metrics, device, "test", None)
+    load_exact(model, best_state["model_state_dict"], checkpointer.best["path"])
+    test = evaluate(net, loaders["test"], metrics, device, "test", None)
     loggers.log_metrics(test, loop.global_step)
     best_score = float(checkpointer.best["score"])
-    loggers.log_hparams(flat_hparams(cfg), {cfg.monitor: best_score, **test})
+    final = {k: v for k, v in summary["final"].items() if k.startswith(("train/", "val/"))}
+    loggers.log_hparams(flat_hparams(cfg), {**final, f"best/{cfg.monitor}": best_score, **test})
+    loggers.log_checkpoint(Path(checkpointer.best["path"]), metadata)
     loggers.finish("completed")
     summary.update(
         test=test, test_split=splits.test_source, best_checkpoint=checkpointer.best["path"]
@@ -241,21 +292,14 @@ def restore(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     checkpointer: Checkpointer,
-) -> LoopState:
+) -> None:
     """Load a checkpoint's full state; the next step is the one the saved run would take."""
-    try:
-        model.load_state_dict(state["model_state_dict"])
-    except RuntimeError as error:
-        raise FinetuneError(
-            f"the resumed checkpoint does not fit the model: {one_line(error)}"
-        ) from None
+    load_exact(model, state["model_state_dict"], "the resumed checkpoint")
     optimizer.load_state_dict(state["optimizer_state_dict"])
     scheduler.load_state_dict(state["scheduler"])
     checkpointer.restore(state)
     set_rng_state(state["rng"])
-    loop = LoopState(**state["loop"])
-    log.info("Resumed at epoch %d, step %d", loop.epoch, loop.global_step)
-    return loop
+    log.info("Resumed at epoch %d, step %d", state["loop"]["epoch"], state["global_step"])
 
 
 def train_one_epoch(
@@ -334,8 +378,12 @@ def evaluate(
     device: torch.device,
     prefix: str,
     limit_batches: int | None,
+    predictions: Predictions | None = None,
 ) -> dict[str, float]:
-    """Loss and metrics over a split, as plain floats named `prefix/name`."""
+    """Loss and metrics over a split, as plain floats named `prefix/name`.
+
+    `predictions`, when given, keeps each batch's outputs for the loggers' pictures.
+    """
     model.eval()
     metrics.reset()
     loss_sum = torch.zeros((), device=device)
@@ -348,6 +396,8 @@ def evaluate(
         loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum")
         count += targets.shape[0]
         metrics.update(logits, targets)
+        if predictions is not None:
+            predictions.update(images, targets, logits)
     results = {f"{prefix}/{k}": float(v) for k, v in metrics.compute().items()}
     return {f"{prefix}/loss": float(loss_sum) / max(1, count), **results}
 

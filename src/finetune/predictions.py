@@ -1,0 +1,123 @@
+"""What a validation pass leaves behind for pictures: predictions, a few images, features.
+
+`evaluate()` calls `update()` once per batch. Everything stays on the device until `close()`,
+which moves it to the host in one go after the pass: collecting adds no host sync per batch.
+Only what a backend asked for is kept (the fan-out in loggers/base.py sizes it): the first
+`images` images (fixed across epochs, so the grid shows the same samples improving), the
+class probabilities of the first `pr_curve_classes` classes, and the classifier's input
+features of the first `embedding_samples` samples (read by a hook on the classifier).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+log = logging.getLogger(__name__)
+
+# Side of the thumbnails the embedding projector shows for each point.
+SPRITE_SIZE = 32
+
+
+class Predictions:
+    def __init__(
+        self,
+        model: nn.Module,
+        class_names: list[str],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        images: int,
+        pr_curve_classes: int,
+        embedding_samples: int,
+    ) -> None:
+        self.model = model
+        self.class_names = list(class_names)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.max_images = images
+        self.max_pr_classes = pr_curve_classes
+        self.max_features = embedding_samples
+        self.parts: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("targets", "preds", "probs", "images", "features", "sprites")
+        }
+        self.kept_images = self.kept_features = 0
+        self.batch_features: torch.Tensor | None = None
+        self.hook = None
+        if embedding_samples:
+            head = model.get_classifier() if hasattr(model, "get_classifier") else None
+            if isinstance(head, nn.Module):
+                self.hook = head.register_forward_pre_hook(self.grab_features)
+            else:
+                log.warning("embedding skipped: %s has no get_classifier()", type(model).__name__)
+        # Filled by close(), on the host.
+        self.targets = torch.empty(0, dtype=torch.long)
+        self.preds = torch.empty(0, dtype=torch.long)
+        self.probs = torch.empty(0, 0)
+        self.images = torch.empty(0, 3, 0, 0)  # de-normalised to [0, 1]
+        self.features: torch.Tensor | None = None
+        self.sprites: torch.Tensor | None = None
+        self.example: torch.Tensor | None = None  # one model input, for tracing the graph
+        self.closed = False
+        self.pictures: dict[Any, Any] = {}
+
+    def grab_features(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        self.batch_features = args[0]
+
+    def update(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> None:
+        """Keep one batch's outputs (on the device; no host sync)."""
+        self.parts["targets"].append(targets.detach())
+        self.parts["preds"].append(logits.detach().argmax(dim=1))
+        if self.max_pr_classes:
+            probs = logits.detach().float().softmax(dim=1)
+            self.parts["probs"].append(probs[:, : self.max_pr_classes])
+        take = min(self.max_images - self.kept_images, images.shape[0])
+        if take > 0:
+            self.parts["images"].append(images[:take].detach())
+            self.kept_images += take
+        take = min(self.max_features - self.kept_features, images.shape[0])
+        if take > 0 and self.batch_features is not None:
+            self.parts["features"].append(self.batch_features[:take].detach().flatten(1))
+            small = F.interpolate(images[:take].float(), size=(SPRITE_SIZE, SPRITE_SIZE))
+            self.parts["sprites"].append(small)
+            self.kept_features += take
+        self.batch_features = None
+
+    def close(self) -> None:
+        """Detach the hook and move everything to the host: one sync after the whole pass."""
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook = None
+        if self.closed:
+            return
+        self.closed = True
+        parts = {k: torch.cat(v).cpu() for k, v in self.parts.items() if v}
+        self.parts = {}
+        if "targets" in parts:
+            self.targets, self.preds = parts["targets"].long(), parts["preds"].long()
+        if "probs" in parts:
+            self.probs = parts["probs"].float()
+        if "images" in parts:
+            self.example = parts["images"][:1].clone()  # a plain tensor, not an inference one
+            self.images = self.denormalise(parts["images"])
+        if "features" in parts:
+            self.features = parts["features"].float().clone()
+            self.sprites = self.denormalise(parts["sprites"])
+
+    def denormalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Back to [0, 1] RGB for display (one-channel images are repeated to three)."""
+        images = (images.float() * self.std + self.mean).clamp(0, 1)
+        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+    def picture(self, key: Any, draw: Callable[[], Any]) -> Any:
+        """Draw a picture once per pass, however many backends show it."""
+        if key not in self.pictures:
+            self.pictures[key] = draw()
+        return self.pictures[key]
+
+    def __len__(self) -> int:
+        return int(self.targets.numel())
