@@ -35,6 +35,11 @@ def unique_dir(base: str) -> str:
 
 
 def register_resolvers() -> None:
-    """Register the project's resolvers once (Hydra may import the entrypoint twice)."""
+    """Register the project's resolvers once (Hydra may import the entrypoint twice).
+
+    `use_cache` stores the answer in the config, which a launcher pickles to its worker
+    processes (joblib, submitit): every job of a sweep then sees the directory the sweep
+    reserved, instead of reserving `dir_1`, `dir_2`, ... of its own.
+    """
     if not OmegaConf.has_resolver("unique_dir"):
-        OmegaConf.register_new_resolver("unique_dir", unique_dir)
+        OmegaConf.register_new_resolver("unique_dir", unique_dir, use_cache=True)

@@ -1,0 +1,265 @@
+"""The Optuna sweeper's work: search space, study, ask -> launch -> tell.
+
+Each batch of `n_jobs` trials is asked from the study, handed to Hydra's launcher (in process,
+joblib, submitit) as ordinary overrides, and told back its outcome: the value the job returned,
+or failed (an exception, a NaN) or pruned -- never fatal to the search. The study lives in
+`storage`, so the same command again adds `n_trials` to it and several processes can share it.
+
+With a pruner, each job gets its trial through `hydra.job.env_set` (finetune/pruning.py reads
+it and reports every epoch's monitored value), so pruning works with any launcher that can reach
+the storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import (
+    IntervalSweep,
+    Override,
+    Quote,
+    QuotedString,
+    Transformer,
+)
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException, HydraException
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import Trial, TrialState
+from sqlalchemy.engine import make_url
+
+from finetune.pruning import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
+
+
+class SweepError(CompactHydraException):
+    """Bad sweeper input: Hydra prints the message alone (no traceback) and exits 1."""
+
+
+class OptunaSweeperImpl(Sweeper):
+    def __init__(
+        self,
+        sampler: DictConfig,
+        pruner: DictConfig | None,
+        direction: str,
+        storage: str | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        params: DictConfig | None,
+    ) -> None:
+        self.sampler, self.pruner, self.direction = sampler, pruner, direction
+        self.storage, self.study_name = storage, study_name
+        self.n_trials, self.n_jobs = n_trials, max(1, n_jobs)
+        self.params = {str(k): str(v) for k, v in (params or {}).items()}
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+
+    def sweep(self, arguments: list[str]) -> None:
+        if self.direction not in DIRECTIONS:
+            raise SweepError(
+                f"hydra.sweeper.direction={self.direction} must be max(imize) or min(imize)"
+            )
+        self.direction = DIRECTIONS[self.direction]
+        space, fixed = self.search_space(arguments)
+        self.check_space(space, fixed)  # composition errors name the key before any trial
+        study = self.open_study()
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+
+        completed, errors, job = 0, [], 0
+        while job < self.n_trials:
+            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - job))]
+            batch = [
+                fixed + trial_overrides(trial) + self.env_overrides(study, trial)
+                for trial in trials
+            ]
+            returns = self.launcher.launch(batch, initial_job_idx=job)
+            job += len(returns)
+            for trial, ret in zip(trials, returns, strict=True):
+                state, error = tell(study, trial, ret)
+                completed += state == TrialState.COMPLETE
+                errors += [error] if error else []
+        self.report(study, completed)
+        if errors and len(errors) == self.n_trials:
+            raise SweepError(f"all {len(errors)} trials failed; the first: {errors[0]}")
+
+    def search_space(self, arguments: list[str]) -> tuple[dict[str, BaseDistribution], list[str]]:
+        """Distributions of the swept keys, and the fixed overrides every trial gets.
+
+        `hydra.sweeper.params` come first, so a command-line override of the same key wins.
+        """
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        lines = [f"{key}={value}" for key, value in self.params.items()] + list(arguments)
+        by_key = {o.get_key_element(): o for o in parser.parse_overrides(lines)}
+        space = {k: distribution(o) for k, o in by_key.items() if o.is_sweep_override()}
+        fixed = [o.input_line for o in by_key.values() if not o.is_sweep_override()]
+        return space, fixed
+
+    def check_space(self, space: dict[str, BaseDistribution], fixed: list[str]) -> None:
+        """Compose a job config for each key (every choice of a categorical) before any trial."""
+        loader = self.hydra_context.config_loader
+        loader.load_sweep_config(self.config, fixed)
+        for key, dist in space.items():
+            for value in example_values(dist):
+                try:
+                    loader.load_sweep_config(self.config, [*fixed, f"{key}={value}"])
+                except HydraException as error:
+                    reason = str(error).strip().splitlines()[0]
+                    raise SweepError(
+                        f"Search space: {key} cannot take {value}: {reason} (the keys and "
+                        "options: python train.py --cfg job; python train.py --help)"
+                    ) from None
+
+    def open_study(self) -> optuna.Study:
+        """Create or load the study; an unusable storage URL is an error before any trial."""
+        url = self.storage or f"sqlite:///{(self.sweep_dir / 'optuna.db').resolve()}"
+        shown = url
+        try:
+            parsed = make_url(url)
+            shown = parsed.render_as_string(hide_password=True)
+            if parsed.drivername.startswith("sqlite") and parsed.database:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            study = optuna.create_study(
+                storage=url,
+                study_name=self.study_name,
+                direction=self.direction,
+                pruner=instantiate(self.pruner) if self.pruner else None,
+                load_if_exists=True,
+            )
+        except Exception as error:  # SQLAlchemy, a missing driver, a bad URL, ...
+            lines = str(error).strip().splitlines() or [type(error).__name__]
+            raise SweepError(
+                f"hydra.sweeper.storage={shown} cannot be opened: {lines[0]} "
+                "(a local file: sqlite:///outputs/optuna.db)"
+            ) from None
+        if study.direction.name.lower() != self.direction:
+            raise SweepError(
+                f"study {study.study_name} in {shown} was created to "
+                f"{study.direction.name.lower()}; hydra.sweeper.direction={self.direction}"
+            )
+        self.storage_url, self.shown_url = url, shown
+        study.sampler = self.make_sampler(len(study.trials))
+        log.info(
+            "Optuna study %s in %s: %d earlier trials; %d to add (%s, %s)",
+            study.study_name,
+            shown,
+            len(study.trials),
+            self.n_trials,
+            self.direction,
+            type(study.sampler).__name__,
+        )
+        return study
+
+    def make_sampler(self, earlier_trials: int) -> optuna.samplers.BaseSampler:
+        """The sampler; a resumed study moves the seed on, or it would repeat the first trials."""
+        seed = OmegaConf.select(self.sampler, "seed")
+        if seed is None or earlier_trials == 0:
+            return instantiate(self.sampler)
+        return instantiate(self.sampler, seed=seed + earlier_trials)
+
+    def env_overrides(self, study: optuna.Study, trial: Trial) -> list[str]:
+        """With a pruner: where the job reports its epochs (read by finetune.pruning.report)."""
+        if not self.pruner:
+            return []
+        env = {
+            TRIAL_ENV: str(trial._trial_id),  # Optuna re-attaches a trial by id: Trial(study, id)
+            STUDY_ENV: study.study_name,
+            STORAGE_ENV: self.storage_url,
+        }
+        quoted = {key: QuotedString(text=value, quote=Quote.single) for key, value in env.items()}
+        return [f"++hydra.job.env_set.{key}={q.with_quotes()}" for key, q in quoted.items()]
+
+    def report(self, study: optuna.Study, completed: int) -> None:
+        """Log the best trial so far and write optimization_results.yaml (official plugin's)."""
+        log.info(
+            "%d of %d trials completed in this sweep; to add more, run again with "
+            "hydra.sweeper.storage=%s hydra.sweeper.study_name=%s",
+            completed,
+            self.n_trials,
+            self.shown_url,
+            study.study_name,
+        )
+        if not any(t.state == TrialState.COMPLETE for t in study.trials):
+            return
+        best = study.best_trial
+        log.info("Best trial %d: value %s, params %s", best.number, best.value, best.params)
+        results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
+        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+
+
+def distribution(override: Override) -> BaseDistribution:
+    """interval(a,b) / tag(log, interval(a,b)) / choice(...) / range(a,b[,step]) -> Optuna.
+
+    Hydra parses an interval's ends as floats, so an interval is a float distribution; integers
+    come from range, which keeps Hydra's meaning (the stop value is excluded), as in a grid.
+    """
+    value = override.value()
+    if override.is_interval_sweep():
+        assert isinstance(value, IntervalSweep)
+        return FloatDistribution(value.start, value.end, log="log" in value.tags)
+    values = list(override.sweep_iterator(transformer=Transformer.encode))
+    if override.is_range_sweep() and len(values) > 1:
+        step = values[1] - values[0]
+        low, high = min(values), max(values)
+        if all(isinstance(v, int) for v in values):
+            return IntDistribution(low, high, step=abs(step))
+        return FloatDistribution(low, high, step=abs(step))
+    return CategoricalDistribution(values)
+
+
+def example_values(dist: BaseDistribution) -> list[Any]:
+    """Values that together test a key: every choice of a categorical, else the low end."""
+    if isinstance(dist, CategoricalDistribution):
+        return [Transformer.str(choice) for choice in dist.choices]
+    return [dist.low]  # type: ignore[attr-defined]
+
+
+def trial_overrides(trial: Trial) -> list[str]:
+    return [f"{key}={Transformer.str(value)}" for key, value in trial.params.items()]
+
+
+def tell(study: optuna.Study, trial: Trial, ret: JobReturn) -> tuple[TrialState, str]:
+    """Tell the study how a trial's job ended: its state and error line ("" unless failed)."""
+    trial.set_user_attr("run_dir", str(ret.hydra_cfg.hydra.runtime.output_dir))
+    if ret.status == JobStatus.COMPLETED:
+        value = ret.return_value
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            study.tell(trial, float(value))
+            return TrialState.COMPLETE, ""
+        error = f"trial {trial.number} returned {value!r}, not a finite number"
+    elif isinstance(ret._return_value, optuna.TrialPruned):
+        study.tell(trial, state=TrialState.PRUNED)
+        log.info("Trial %d pruned: %s", trial.number, ret._return_value)
+        return TrialState.PRUNED, ""
+    else:
+        lines = str(ret._return_value).strip().splitlines() or [type(ret._return_value).__name__]
+        error = f"trial {trial.number}: {lines[-1].strip()}"
+    trial.set_user_attr("error", error)
+    study.tell(trial, state=TrialState.FAIL)
+    log.warning("Failed (the search goes on): %s", error)
+    return TrialState.FAIL, error
