@@ -5,6 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from finetune.distributed_env import launched_by_torchrun
 from finetune.resolvers import register_resolvers
 from finetune.resume import resume_argv
 
@@ -27,4 +28,14 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     sys.argv = resume_argv(sys.argv)  # resume=RUN continues in RUN's own directory
-    main()
+    if launched_by_torchrun():
+        # Join the process group first, so rank 0 can choose the one run directory for all.
+        from finetune.distributed import cleanup, init_distributed
+
+        init_distributed()
+        try:
+            main()
+        finally:
+            cleanup()
+    else:
+        main()

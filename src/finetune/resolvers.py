@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from omegaconf import OmegaConf
 
@@ -19,6 +20,18 @@ def unique_dir(base: str) -> str:
     """
     if base in _reserved_dirs:
         return _reserved_dirs[base]
+    if "torch.distributed" in sys.modules:  # under torchrun: rank 0 picks, every rank agrees
+        from finetune.distributed import broadcast_from_main, dist_info
+
+        chosen = reserve(base) if dist_info().is_main else None
+        _reserved_dirs[base] = str(broadcast_from_main(chosen))
+        return _reserved_dirs[base]
+    _reserved_dirs[base] = reserve(base)
+    return _reserved_dirs[base]
+
+
+def reserve(base: str) -> str:
+    """Create `base`, or `base_1`, `base_2`, ... if taken; return the one created."""
     parent = os.path.dirname(base)
     if parent:
         os.makedirs(parent, exist_ok=True)
@@ -30,7 +43,6 @@ def unique_dir(base: str) -> str:
         except FileExistsError:
             suffix += 1
             candidate = f"{base}_{suffix}"
-    _reserved_dirs[base] = candidate
     return candidate
 
 

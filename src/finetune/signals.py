@@ -60,6 +60,12 @@ class StopRequest:
         status = "interrupted" if self.signum == signal.SIGINT else "preempted"
         return RunStopped(status, self.signum)
 
+    def stopped_or_peer(self) -> RunStopped:
+        """This process's stop, or (under torchrun) the stop another rank received."""
+        return (
+            self.stopped() if self.signum is not None else RunStopped("preempted", signal.SIGTERM)
+        )
+
     def close(self) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]

@@ -1,37 +1,37 @@
 """One training run, top to bottom: build, (resume), train, evaluate, record, test.
 
-`run(cfg)` is the whole flow; `train_one_epoch` and `evaluate` sit beside it. Logging and
-checkpointing are called inline in the loop, in plain sight.
+`run(cfg)` is the whole flow; `train_one_epoch` and `evaluate` (loop.py) are called inline in
+the epoch loop, beside logging and checkpointing, in plain sight. Under torchrun every rank
+runs this; only rank 0 writes files.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from timm.utils import ModelEmaV3
 from torch import nn
-from torch.utils.data import DataLoader
-from torchmetrics import MetricCollection
 
 from finetune.checkpoint import FORMAT_VERSION, Checkpointer, model_state, rng_state, set_rng_state
 from finetune.data import build_loaders, build_splits, resolve_preprocessing
-from finetune.errors import FinetuneError, one_line
+from finetune.distributed import barrier, broadcast_from_main, dist_info, rank_device, wrap_ddp
+from finetune.errors import one_line
 from finetune.features import check_cache_features, feature_loaders
 from finetune.freeze import Freezer, check_freeze
-from finetune.loggers import Loggers, build_loggers
+from finetune.loggers import build_loggers
+from finetune.loop import LoopState, Stepper, evaluate, steps_in_epoch, train_one_epoch
 from finetune.metrics import build_metrics
 from finetune.models import build_model, count_parameters
 from finetune.optim import add_param_groups, param_groups
-from finetune.predictions import Predictions
-from finetune.progress import ProgressBar, log_to_file_only
+from finetune.precision import autocast_dtype, grad_scaler, maybe_compile
+from finetune.progress import log_to_file_only
 from finetune.pruning import report as report_to_sweeper
 from finetune.resume import load_resume_state, trim_metrics_csv
 from finetune.rundir import read_summary, write_hparams, write_summary
@@ -42,16 +42,6 @@ from finetune.weights import load_exact, safe_torch_load
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LoopState:
-    """Where the loop is: what a checkpoint must hold to continue bitwise."""
-
-    epoch: int = 0  # epochs completed
-    global_step: int = 0  # optimizer steps taken
-    step_in_epoch: int = 0  # steps of epoch+1 already taken (a mid-epoch checkpoint)
-    epoch_loss_sum: float = 0.0  # sum of those steps' losses
-
-
 def run(cfg: DictConfig) -> float:
     """Train, validate every epoch, test the best checkpoint; return the best monitored value."""
     started = time.time()
@@ -60,7 +50,11 @@ def run(cfg: DictConfig) -> float:
     summary = (read_summary(run_dir) or {}) if resumed else {}
     summary.update(status="running", run_dir=str(run_dir), monitor=cfg.monitor, mode=cfg.mode)
     summary.pop("error", None)
-    write_summary(run_dir, summary)
+    is_main = dist_info().is_main
+    if is_main:
+        write_summary(run_dir, summary)
+    else:
+        quiet_other_ranks()
     stop = StopRequest()
     try:
         best = train_and_test(cfg, run_dir, summary, resumed, stop)
@@ -88,6 +82,8 @@ def run(cfg: DictConfig) -> float:
 
 
 def finish_summary(run_dir: Path, summary: dict[str, Any], status: str, started: float) -> None:
+    if not dist_info().is_main:
+        return
     summary["status"] = status
     summary["wall_time_s"] = round(summary.get("wall_time_s_before", 0) + time.time() - started, 2)
     write_summary(run_dir, summary)
@@ -101,7 +97,8 @@ def train_and_test(
     stop: StopRequest,
 ) -> float:
     check_config(cfg)
-    device = pick_device(cfg.trainer.device)
+    rank = dist_info()
+    device = rank_device(cfg.trainer.device, rank) or pick_device(cfg.trainer.device)
     seed_everything(cfg.seed)
 
     check_cache_features(cfg)
@@ -109,14 +106,23 @@ def train_and_test(
     model, model_info = build_model(cfg.model, num_classes=len(splits.class_names))
     check_freeze(cfg.freeze, model_info.pretrained_loaded)
     prep = resolve_preprocessing(model, cfg.data.image_size)
-    loaders = build_loaders(cfg.data, splits, prep, cfg.seed, device)
+    loaders = build_loaders(cfg.data, splits, prep, cfg.seed, device, rank)
     model.to(device)
-    freezer = Freezer(model, cfg.freeze)  # before the optimizer (and compile/DDP) see the model
+    if cfg.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    freezer = Freezer(model, cfg.freeze)  # before the optimizer, compile and DDP see the model
     freezer.apply(epoch=1)
-    net = model  # what the loop trains: the model, or its head alone on cached features
+    trained = model  # what the loop trains: the model, or its head alone on cached features
     if cfg.freeze.cache_features:
         loaders = feature_loaders(model, loaders, cfg, prep.as_dict(), device)
-        net = model.get_classifier()
+        trained = model.get_classifier()
+
+    def wrap(module: nn.Module) -> nn.Module:
+        """compile, then DDP (again after a thaw, so DDP syncs the new parameters)."""
+        compiled = maybe_compile(module, cfg.trainer.compile)
+        return wrap_ddp(compiled, device, cfg.trainer.sync_batchnorm)
+
+    net = wrap(trained)
 
     # Parameter groups hold tensors, which Hydra cannot pass through a config: call a partial.
     optimizer_cfg = {k: v for k, v in cfg.optimizer.items() if k != "backbone_lr_mult"}
@@ -132,7 +138,7 @@ def train_and_test(
         )
 
     optimizer = make_optimizer(params=trainable_groups(list(model.parameters())))
-    steps_per_epoch = limited(len(loaders["train"]), cfg.trainer.limit_train_batches)
+    steps_per_epoch = steps_in_epoch(loaders["train"], cfg.trainer)
     scheduler = instantiate(cfg.scheduler)(
         optimizer, steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs
     )
@@ -144,27 +150,31 @@ def train_and_test(
         cfg.checkpoint.save_top_k,
         cfg.checkpoint.save_safetensors,
     )
+    dtype = autocast_dtype(cfg.trainer.precision, device)
+    ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
+    stepper = Stepper(optimizer, scheduler, device, dtype, grad_scaler(device, dtype), ema, model)
     loop = LoopState()
     if resumed is not None:
         loop = LoopState(**resumed["loop"])
         # Thaw as the saved run had by then, so the optimizer has the same groups.
         for epoch in range(2, loop.epoch + 1 + (loop.step_in_epoch > 0)):
             add_param_groups(optimizer, scheduler, trainable_groups(freezer.apply(epoch)))
-        restore(resumed, model, optimizer, scheduler, checkpointer)
+        restore(resumed, model, stepper, checkpointer)
         trim_metrics_csv(run_dir / "metrics.csv", loop.epoch)
         summary["wall_time_s_before"] = summary.get("wall_time_s", 0)
     loggers = build_loggers(
         cfg,
         run_dir,
-        is_main=True,
+        is_main=rank.is_main,
         wandb_run_id=resumed["wandb_run_id"] if resumed is not None else None,
         resume_step=loop.global_step if resumed is not None else None,
     )
 
     params = count_parameters(model)
-    if resumed is None:
+    if resumed is None and rank.is_main:
         facts = {
             "device": str(device),
+            "world_size": rank.world_size,
             "model": asdict(model_info),
             "parameters": params,
             "preprocessing": prep.as_dict(),
@@ -195,7 +205,8 @@ def train_and_test(
             "optimizer_state_dict": optimizer.state_dict(),
             "loss": loss,
             "scheduler": scheduler.state_dict(),
-            "scaler": None,
+            "scaler": stepper.scaler.state_dict() if stepper.scaler else None,
+            "ema_state_dict": model_state(ema.module) if ema else None,
             "global_step": loop.global_step,
             "loop": asdict(loop),
             "rng": rng_state(),
@@ -208,7 +219,9 @@ def train_and_test(
         }
 
     def save_mid_epoch(loss: float) -> None:
-        checkpointer.save_last(checkpoint_state(loss, {}))
+        if rank.is_main:
+            checkpointer.save_last(checkpoint_state(loss, {}))
+        barrier()
 
     while loop.epoch < cfg.trainer.epochs:
         epoch = loop.epoch + 1
@@ -216,17 +229,9 @@ def train_and_test(
         thawed = freezer.apply(epoch)  # gradual: the backbone joins the optimizer
         if thawed:
             add_param_groups(optimizer, scheduler, trainable_groups(thawed))
+            net = wrap(trained)
         train_loss, images_per_s = train_one_epoch(
-            net,
-            loaders["train"],
-            optimizer,
-            scheduler,
-            loggers,
-            device,
-            cfg,
-            loop,
-            stop,
-            save_mid_epoch,
+            net, loaders["train"], stepper, loggers, cfg, loop, stop, save_mid_epoch
         )
         # Pictures of predictions need images, which cached features are not.
         samples = (
@@ -235,8 +240,28 @@ def train_and_test(
             else loggers.predictions(model, splits.class_names, prep.mean, prep.std)
         )
         val = evaluate(
-            net, loaders["val"], metrics, device, "val", cfg.trainer.limit_val_batches, samples
+            net,
+            loaders["val"],
+            metrics,
+            device,
+            "val",
+            cfg.trainer.limit_val_batches,
+            samples,
+            dtype,
         )
+        if ema is not None:  # the EMA weights, judged beside the raw ones
+            ema_net = ema.module if net is model else ema.module.get_classifier()
+            ema_val = evaluate(
+                ema_net,
+                loaders["val"],
+                metrics,
+                device,
+                "val",
+                cfg.trainer.limit_val_batches,
+                None,
+                dtype,
+            )
+            val.update({k.replace("val/", "val_ema/"): v for k, v in ema_val.items()})
         loop.epoch, loop.step_in_epoch, loop.epoch_loss_sum = epoch, 0, 0.0
         row = {
             "epoch": epoch,
@@ -247,7 +272,10 @@ def train_and_test(
             "images_per_s": images_per_s,
             "epoch_time_s": time.time() - epoch_start,
         }
-        is_best = checkpointer.save(checkpoint_state(train_loss, val), model, val, metadata)
+        is_best = False
+        if rank.is_main:
+            is_best = checkpointer.save(checkpoint_state(train_loss, val), model, val, metadata)
+        barrier()
         loggers.log_epoch(row)
         # train/loss is the step loss in the scalar logs; the epoch's mean gets its own tag.
         scalars = {k: v for k, v in row.items() if k not in ("epoch", "step", "train/loss")}
@@ -266,19 +294,20 @@ def train_and_test(
             " | best" if is_best else "",
         )
         summary.update(best=checkpointer.best, final=row, epochs_done=epoch)
-        write_summary(run_dir, summary)
+        if rank.is_main:
+            write_summary(run_dir, summary)
         report_to_sweeper(epoch, val[cfg.monitor])  # an Optuna pruner may stop this trial
         if stop.requested:
             raise stop.stopped()
 
-    best_state = safe_torch_load(Path(checkpointer.best["path"]))
-    load_exact(model, best_state["model_state_dict"], checkpointer.best["path"])
-    test = evaluate(net, loaders["test"], metrics, device, "test", None)
+    best_path = broadcast_from_main(checkpointer.best["path"])
+    load_exact(model, safe_torch_load(Path(best_path))["model_state_dict"], best_path)
+    test = evaluate(net, loaders["test"], metrics, device, "test", None, None, dtype)
     loggers.log_metrics(test, loop.global_step)
-    best_score = float(checkpointer.best["score"])
+    best_score = float(broadcast_from_main(checkpointer.best["score"]))
     final = {k: v for k, v in summary["final"].items() if k.startswith(("train/", "val/"))}
     loggers.log_hparams(flat_hparams(cfg), {**final, f"best/{cfg.monitor}": best_score, **test})
-    loggers.log_checkpoint(Path(checkpointer.best["path"]), metadata)
+    loggers.log_checkpoint(Path(best_path), metadata)
     loggers.finish("completed")
     summary.update(
         test=test, test_split=splits.test_source, best_checkpoint=checkpointer.best["path"]
@@ -287,123 +316,28 @@ def train_and_test(
 
 
 def restore(
-    state: dict[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    checkpointer: Checkpointer,
+    state: dict[str, Any], model: nn.Module, stepper: Stepper, checkpointer: Checkpointer
 ) -> None:
     """Load a checkpoint's full state; the next step is the one the saved run would take."""
     load_exact(model, state["model_state_dict"], "the resumed checkpoint")
-    optimizer.load_state_dict(state["optimizer_state_dict"])
-    scheduler.load_state_dict(state["scheduler"])
+    stepper.optimizer.load_state_dict(state["optimizer_state_dict"])
+    stepper.scheduler.load_state_dict(state["scheduler"])
+    if stepper.scaler is not None and state["scaler"] is not None:
+        stepper.scaler.load_state_dict(state["scaler"])
+    if stepper.ema is not None and state["ema_state_dict"] is not None:
+        load_exact(stepper.ema.module, state["ema_state_dict"], "the resumed EMA weights")
     checkpointer.restore(state)
     set_rng_state(state["rng"])
     log.info("Resumed at epoch %d, step %d", state["loop"]["epoch"], state["global_step"])
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    loggers: Loggers,
-    device: torch.device,
-    cfg: DictConfig,
-    loop: LoopState,
-    stop: StopRequest,
-    save_mid_epoch: Callable[[float], None],
-) -> tuple[float, float]:
-    """One pass over the training data; returns (mean loss, images/s).
-
-    The loss stays on the device and is read (a host sync) only every `log_every_n_steps`.
-    The data order is a function of (seed, epoch), so a resumed epoch skips what was done.
-    """
-    trainer = cfg.trainer
-    model.train()
-    criterion = nn.CrossEntropyLoss()
-    steps = limited(loader.sampler.full_batches(loader), trainer.limit_train_batches)
-    loader.sampler.set_epoch(
-        loop.epoch + 1, skip_batches=loop.step_in_epoch, batch_size=loader.batch_size
-    )
-    loss_sum = torch.tensor(loop.epoch_loss_sum, device=device)
-    images_seen, start = 0, time.perf_counter()
-    bar = ProgressBar(
-        steps, f"epoch {loop.epoch + 1}", enabled=trainer.progress_bar, initial=loop.step_in_epoch
-    )
-    for images, targets in loader:
-        if loop.step_in_epoch >= steps:
-            break
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        loss = criterion(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        loss_sum += loss.detach()
-        images_seen += images.shape[0]
-        loop.global_step += 1
-        loop.step_in_epoch += 1
-        if loop.global_step % trainer.log_every_n_steps == 0:
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise FinetuneError(
-                    f"loss is {loss_value} at step {loop.global_step}; lower optimizer.lr "
-                    "or use a warmup (scheduler=cosine)"
-                )
-            rate = images_seen / (time.perf_counter() - start)
-            loggers.log_metrics(
-                {"train/loss": loss_value, "train/images_per_s": rate}, loop.global_step
-            )
-            bar.show(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
-        bar.advance()
-        every = cfg.checkpoint.every_n_steps
-        if stop.requested or (every and loop.global_step % every == 0):
-            loop.epoch_loss_sum = loss_sum.item()
-            save_mid_epoch(loop.epoch_loss_sum / loop.step_in_epoch)
-            if stop.requested:
-                bar.close()
-                raise stop.stopped()
-    bar.close()
-    elapsed = time.perf_counter() - start
-    return (loss_sum / max(1, steps)).item(), images_seen / max(elapsed, 1e-9)
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    loader: DataLoader,
-    metrics: MetricCollection,
-    device: torch.device,
-    prefix: str,
-    limit_batches: int | None,
-    predictions: Predictions | None = None,
-) -> dict[str, float]:
-    """Loss and metrics over a split, as plain floats named `prefix/name`.
-
-    `predictions`, when given, keeps each batch's outputs for the loggers' pictures.
-    """
-    model.eval()
-    metrics.reset()
-    loss_sum = torch.zeros((), device=device)
-    count = 0
-    for batch, (images, targets) in enumerate(loader):
-        if limit_batches is not None and batch >= limit_batches:
-            break
-        images, targets = images.to(device), targets.to(device)
-        logits = model(images)
-        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum")
-        count += targets.shape[0]
-        metrics.update(logits, targets)
-        if predictions is not None:
-            predictions.update(images, targets, logits)
-    results = {f"{prefix}/{k}": float(v) for k, v in metrics.compute().items()}
-    return {f"{prefix}/loss": float(loss_sum) / max(1, count), **results}
-
-
-def limited(total: int, limit: int | None) -> int:
-    return total if limit is None else min(total, limit)
+def quiet_other_ranks() -> None:
+    """Ranks other than 0 write no train.log and print warnings only: one voice per run."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

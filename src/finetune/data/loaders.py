@@ -12,6 +12,9 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Sampler
 
 from finetune.data.splits import Splits
+from finetune.distributed import DistInfo
+
+SINGLE_PROCESS = DistInfo()
 
 
 @dataclass
@@ -80,7 +83,12 @@ def clamp01(images: torch.Tensor) -> torch.Tensor:
 
 
 def build_loaders(
-    cfg: DictConfig, splits: Splits, prep: Preprocessing, seed: int, device: torch.device
+    cfg: DictConfig,
+    splits: Splits,
+    prep: Preprocessing,
+    seed: int,
+    device: torch.device,
+    rank: DistInfo = SINGLE_PROCESS,
 ) -> dict[str, DataLoader]:
     """Seeded loaders: the training order depends on `seed` alone, workers included."""
     train_tf, eval_tf = transforms_for(splits.kind, prep, cfg.augment)
@@ -97,13 +105,13 @@ def build_loaders(
     # A last batch of one sample breaks BatchNorm in training; drop only that one.
     drop_last = len(splits.train) % cfg.batch_size == 1
     generator = torch.Generator()
-    sampler = EpochSampler(len(splits.train), seed, generator)
+    sampler = EpochSampler(len(splits.train), seed, generator, rank)
     return {
         "train": DataLoader(
             splits.train, sampler=sampler, drop_last=drop_last, generator=generator, **common
         ),
-        "val": DataLoader(splits.val, shuffle=False, **common),
-        "test": DataLoader(splits.test, shuffle=False, **common),
+        "val": DataLoader(splits.val, sampler=Shard(len(splits.val), rank), **common),
+        "test": DataLoader(splits.test, sampler=Shard(len(splits.test), rank), **common),
     }
 
 
@@ -114,8 +122,17 @@ class EpochSampler(Sampler[int]):
     the same order, and a step checkpoint skips the batches already done without loading them.
     """
 
-    def __init__(self, size: int, seed: int, loader_generator: torch.Generator) -> None:
-        self.size, self.seed = size, seed
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        loader_generator: torch.Generator,
+        rank: DistInfo = SINGLE_PROCESS,
+    ) -> None:
+        # Under DDP each rank takes every world_size-th index of the shared permutation, the
+        # tail cut so that all ranks take the same number of steps.
+        self.rank, self.world_size = rank.rank, rank.world_size
+        self.size, self.seed = size // rank.world_size, seed
         self.epoch, self.skip = 0, 0
         self.loader_generator = loader_generator
 
@@ -135,10 +152,28 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self):  # noqa: ANN204 (an iterator of indices)
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(self.size, generator=generator)[self.skip :].tolist()
+        order = torch.randperm(self.size * self.world_size, generator=generator)
+        yield from order[self.rank :: self.world_size][self.skip :].tolist()
 
     def __len__(self) -> int:
         return self.size - self.skip
+
+
+class Shard(Sampler[int]):
+    """This rank's share of an evaluation split, in order: rank, rank + world_size, ...
+
+    Unlike DistributedSampler nothing is padded, so every sample is counted exactly once
+    when the metrics are reduced over ranks.
+    """
+
+    def __init__(self, size: int, rank: DistInfo) -> None:
+        self.indices = range(rank.rank, size, rank.world_size)
+
+    def __iter__(self):  # noqa: ANN204 (an iterator of indices)
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 def seed_worker(worker_id: int) -> None:
