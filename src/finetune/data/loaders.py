@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,9 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Sampler
 
+from finetune.data.folders import collate_readable
 from finetune.data.splits import Splits
+from finetune.data.tracking import TrackedDataset
 from finetune.distributed import DistInfo
 
 SINGLE_PROCESS = DistInfo()
@@ -101,17 +104,23 @@ def build_loaders(
         "pin_memory": device.type == "cuda",
         "persistent_workers": cfg.num_workers > 0,
         "worker_init_fn": seed_worker,
+        "collate_fn": collate_readable,  # leaves out images skipped by data.on_bad_image=skip
     }
     # A last batch of one sample breaks BatchNorm in training; drop only that one.
     drop_last = len(splits.train) % cfg.batch_size == 1
     generator = torch.Generator()
     sampler = EpochSampler(len(splits.train), seed, generator, rank)
+
+    def tracked(name: str) -> TrackedDataset:
+        """The split, with what each worker is loading noted, to name it if the worker dies."""
+        return TrackedDataset(getattr(splits, name), name, cfg.num_workers)
+
     return {
         "train": DataLoader(
-            splits.train, sampler=sampler, drop_last=drop_last, generator=generator, **common
+            tracked("train"), sampler=sampler, drop_last=drop_last, generator=generator, **common
         ),
-        "val": DataLoader(splits.val, sampler=Shard(len(splits.val), rank), **common),
-        "test": DataLoader(splits.test, sampler=Shard(len(splits.test), rank), **common),
+        "val": DataLoader(tracked("val"), sampler=Shard(len(splits.val), rank), **common),
+        "test": DataLoader(tracked("test"), sampler=Shard(len(splits.test), rank), **common),
     }
 
 
@@ -132,7 +141,7 @@ class EpochSampler(Sampler[int]):
         # Under DDP each rank takes every world_size-th index of the shared permutation, the
         # tail cut so that all ranks take the same number of steps.
         self.rank, self.world_size = rank.rank, rank.world_size
-        self.size, self.seed = size // rank.world_size, seed
+        self.total, self.size, self.seed = size, size // rank.world_size, seed
         self.epoch, self.skip = 0, 0
         self.loader_generator = loader_generator
 
@@ -152,7 +161,7 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self):  # noqa: ANN204 (an iterator of indices)
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size * self.world_size, generator=generator)
+        order = torch.randperm(self.total, generator=generator)[: self.size * self.world_size]
         yield from order[self.rank :: self.world_size][self.skip :].tolist()
 
     def __len__(self) -> int:
@@ -177,8 +186,13 @@ class Shard(Sampler[int]):
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in a worker from torch's per-worker seed (PyTorch's recipe)."""
+    """Seed numpy and random in a worker from torch's per-worker seed (PyTorch's recipe).
+
+    Ctrl-C in a terminal reaches the workers too; they ignore it, so that the main process
+    can finish its step and save (signals.py) with its workers still there.
+    """
     del worker_id
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
