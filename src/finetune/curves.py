@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -59,7 +60,8 @@ def run_labels(runs: list[Path]) -> list[str]:
     labels = []
     for run, items in zip(runs, overrides, strict=True):
         label = " ".join(item for item in items if item not in shared)
-        labels.append(label or run.name)
+        # A long label would squeeze the axes to nothing; the full overrides are in .hydra/.
+        labels.append(textwrap.shorten(label, width=60, placeholder=" ...") or run.name)
     return labels
 
 
