@@ -6,8 +6,10 @@ import hydra
 from omegaconf import DictConfig
 
 from finetune.distributed_env import launched_by_torchrun
+from finetune.errors import exit_on_user_error
 from finetune.resolvers import register_resolvers
 from finetune.resume import resume_argv
+from finetune.runlock import hold_run_dir_lock, lock_run_dir
 
 register_resolvers()
 
@@ -18,16 +20,21 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from finetune.errors import exit_on_user_error
     from finetune.train import run
 
     # In a sweep the error must reach Hydra, which records this job as failed and goes on.
-    with exit_on_user_error(reraise=HydraConfig.get().mode == RunMode.MULTIRUN):
+    # One process per run directory: a second one given the same directory refuses to start.
+    with (
+        exit_on_user_error(reraise=HydraConfig.get().mode == RunMode.MULTIRUN),
+        lock_run_dir(cfg.paths.output_dir),
+    ):
         return run(cfg)
 
 
 if __name__ == "__main__":
-    sys.argv = resume_argv(sys.argv)  # resume=RUN continues in RUN's own directory
+    with exit_on_user_error():  # one line and an exit status, not a traceback
+        sys.argv = resume_argv(sys.argv)  # resume=RUN continues in RUN's own directory
+        hold_run_dir_lock(sys.argv)  # before Hydra writes .hydra/ and train.log there
     if launched_by_torchrun():
         # Join the process group first, so rank 0 can choose the one run directory for all.
         from finetune.distributed import cleanup, init_distributed

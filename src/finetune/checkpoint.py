@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, WriteFailed
+from finetune.faults import chain
 from finetune.weights import strip_wrapper_prefixes
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,11 @@ FORMAT_VERSION = 1
 
 def atomic_write(path: Path, write: Any) -> None:
     """Call `write(file_object)` on a temporary file, fsync it, then rename it to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise write_failed(path, error) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -42,13 +46,20 @@ def atomic_write(path: Path, write: Any) -> None:
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
-        if isinstance(error, OSError):
-            raise FinetuneError(
-                f"could not write {path}: {error.strerror or error}; the previous file is "
-                "untouched (free disk space or fix permissions)"
-            ) from None
+        # torch.save wraps a failed write (disk full) in a RuntimeError of its zip writer.
+        cause = next((e for e in chain(error) if isinstance(e, OSError)), None)
+        if cause is not None:
+            raise write_failed(path, cause) from None
         raise
     fsync_directory(path.parent)
+
+
+def write_failed(path: Path, error: OSError) -> WriteFailed:
+    """The one line for a write that failed (disk full, file too large, no permission)."""
+    return WriteFailed(
+        f"could not write {path}: {error.strerror or error}; the previous file is untouched "
+        "(free disk space or fix permissions)"
+    )
 
 
 def fsync_directory(directory: Path) -> None:
@@ -79,7 +90,10 @@ def link_atomic(source: Path, target: Path) -> None:
     except OSError:
         atomic_write(target, lambda handle: handle.write(source.read_bytes()))
         return
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except OSError as error:
+        raise write_failed(target, error) from None
     fsync_directory(target.parent)
 
 
@@ -181,18 +195,33 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class Checkpointer:
-    """Writes last.pt every epoch, best.pt and the top-k files when the monitor improves."""
+    """Writes last.pt every epoch, best.pt and the top-k files when the monitor improves.
+
+    A save that fails (disk full, unwritable directory) leaves the previous files whole and
+    raises WriteFailed; with `on_error="warn"` (checkpoint.on_error) it is a warning, the
+    run goes on, and best/top-k keep pointing at files that exist.
+    """
 
     def __init__(
-        self, directory: Path, monitor: str, mode: str, save_top_k: int, save_safetensors: bool
+        self,
+        directory: Path,
+        monitor: str,
+        mode: str,
+        save_top_k: int,
+        save_safetensors: bool,
+        on_error: str = "error",
     ) -> None:
         if mode not in ("min", "max"):
             raise FinetuneError(f"mode={mode} must be min or max")
+        if on_error not in ("error", "warn"):
+            raise FinetuneError(f"checkpoint.on_error={on_error} must be error or warn")
         self.directory = directory
         self.monitor = monitor
         self.top_k = TopK(save_top_k, mode)
         self.best: dict[str, Any] = {"score": None, "epoch": None, "path": None}
         self.write_safetensors = save_safetensors
+        self.on_error = on_error
+        self.failed_saves = 0  # saves skipped under on_error=warn, for summary.json
 
     def improved(self, score: float) -> bool:
         return self.best["score"] is None or self.top_k.better(score, self.best["score"])
@@ -211,34 +240,62 @@ class Checkpointer:
             )
         score = float(metrics[self.monitor])
         is_best = self.improved(score)
+        # The bookkeeping changes only once the files are written: a failed save leaves
+        # best/top-k naming files that exist.
+        best = dict(self.best)
         if is_best:
-            self.best = {
+            best = {
                 "score": score,
                 "epoch": state["epoch"],
                 "path": str(self.directory / "best.pt"),
             }
         top_path = self.directory / metric_filename(state["epoch"], metrics, self.monitor)
         admitted = self.top_k.admits(score)
-        evicted = self.top_k.add(score, str(top_path)) if admitted else []
-        state = {**state, "best": dict(self.best), "top_k": [list(e) for e in self.top_k.entries]}
+        top_k = TopK(self.top_k.k, self.top_k.mode, list(self.top_k.entries))
+        evicted = top_k.add(score, str(top_path)) if admitted else []
+        state = {**state, "best": best, "top_k": [list(e) for e in top_k.entries]}
         last = self.directory / "last.pt"
-        save_torch(state, last)
-        # best.pt and top-k files are the same bytes: hard links, not three writes.
-        if is_best:
-            link_atomic(last, self.directory / "best.pt")
-            if self.write_safetensors:
-                save_safetensors(model, self.directory / "model.safetensors", metadata)
-        if admitted:
-            link_atomic(last, top_path)
+        try:
+            save_torch(state, last)
+            # best.pt and top-k files are the same bytes: hard links, not three writes.
+            if is_best:
+                link_atomic(last, self.directory / "best.pt")
+                if self.write_safetensors:
+                    save_safetensors(model, self.directory / "model.safetensors", metadata)
+            if admitted:
+                link_atomic(last, top_path)
+        except WriteFailed as error:
+            self.failed(error, f"epoch {state['epoch']}")
+            return False
+        self.best, self.top_k = best, top_k
         for path in evicted:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         return is_best
 
-    def save_last(self, state: dict[str, Any]) -> None:
-        """A mid-epoch last.pt (step checkpoint or preemption): no metrics, so no best/top-k."""
+    def save_last(self, state: dict[str, Any]) -> bool:
+        """A mid-epoch last.pt (step checkpoint or preemption): no metrics, so no best/top-k.
+
+        False when the write failed under on_error=warn.
+        """
         state = {**state, "best": dict(self.best), "top_k": [list(e) for e in self.top_k.entries]}
-        save_torch(state, self.directory / "last.pt")
+        try:
+            save_torch(state, self.directory / "last.pt")
+        except WriteFailed as error:
+            self.failed(error, f"step {state['global_step']}")
+            return False
+        return True
+
+    def failed(self, error: WriteFailed, when: str) -> None:
+        """Raise the write error, or (on_error=warn) count it and say so."""
+        if self.on_error == "error":
+            raise error
+        self.failed_saves += 1
+        log.warning(
+            "checkpoint of %s not saved (checkpoint.on_error=warn, training goes on): %s",
+            when,
+            error,
+        )
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take best and top-k bookkeeping back from a resumed checkpoint."""

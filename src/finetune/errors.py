@@ -9,12 +9,61 @@ from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
-# Exit status of a run stopped by bad input (argparse and Hydra use 2 as well).
-EXIT_BAD_INPUT = 2
+# Exit statuses, one per way a run ends, so that a script or a scheduler can tell them apart
+# (README, "When things go wrong"). 1 is Python's own: an unexpected exception, a bug.
+EXIT_BAD_INPUT = 2  # config, data or files (argparse and Hydra use 2 as well)
+EXIT_DIVERGED = 3  # NaN or inf loss or weights
+EXIT_OUT_OF_MEMORY = 4  # CUDA or CPU allocation failed
+EXIT_WRITE_FAILED = 5  # disk full, file too large, unwritable directory
+EXIT_DATA_FAILED = 6  # a data loader worker died, an image could not be read
+EXIT_RUN_DIR_IN_USE = 7  # another process is running in the same run directory
+# Stopped by a signal: 128 + its number, as a shell reports it (130 Ctrl-C, 143 SIGTERM).
 
 
 class FinetuneError(Exception):
-    """A problem with the user's input or environment that a traceback would not explain."""
+    """A problem with the user's input or environment that a traceback would not explain.
+
+    `status` is what summary.json records and `exit_code` what the process exits with; each
+    kind of fault below is a subclass with its own.
+    """
+
+    status = "failed"
+    exit_code = EXIT_BAD_INPUT
+
+
+class Diverged(FinetuneError):
+    """The loss or the weights became NaN or inf: no checkpoint is written from them."""
+
+    status = "diverged"
+    exit_code = EXIT_DIVERGED
+
+
+class OutOfMemory(FinetuneError):
+    """An allocation failed (CUDA or CPU) during the run."""
+
+    status = "out_of_memory"
+    exit_code = EXIT_OUT_OF_MEMORY
+
+
+class WriteFailed(FinetuneError):
+    """A file of the run could not be written; the previous version of it is whole."""
+
+    status = "write_failed"
+    exit_code = EXIT_WRITE_FAILED
+
+
+class DataFault(FinetuneError):
+    """Loading a sample failed: an unreadable file, a failing transform, a dead worker."""
+
+    status = "data_error"
+    exit_code = EXIT_DATA_FAILED
+
+
+class RunDirInUse(FinetuneError):
+    """Another live process holds the run directory's lock (the directory is not this run's)."""
+
+    status = "refused"
+    exit_code = EXIT_RUN_DIR_IN_USE
 
 
 def one_line(error: BaseException) -> str:
@@ -29,7 +78,7 @@ def one_line(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def exit_on_user_error(reraise: bool = False) -> Iterator[None]:
-    """Turn a FinetuneError into one logged line and exit status 2.
+    """Turn a FinetuneError into one logged line and its exit status (2 for bad input).
 
     With HYDRA_FULL_ERROR=1, or `reraise` (a multirun job, whose launcher records the failure
     and goes on with the other jobs), the exception propagates unchanged.
@@ -40,4 +89,4 @@ def exit_on_user_error(reraise: bool = False) -> Iterator[None]:
         if reraise or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         log.error("Error: %s", one_line(error))
-        raise SystemExit(EXIT_BAD_INPUT) from None
+        raise SystemExit(error.exit_code) from None

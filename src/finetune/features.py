@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from finetune.checkpoint import save_torch
+from finetune.data.folders import collate_readable
 from finetune.data.loaders import EpochSampler
 from finetune.errors import FinetuneError
 from finetune.progress import ProgressBar
@@ -69,7 +70,13 @@ def extract(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled backbone features (timm's forward_head with pre_logits) and labels of a split."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_readable,  # images skipped by data.on_bad_image=skip
+    )
     features, labels = [], []
     bar = ProgressBar(len(loader), f"features {name}", enabled=True)
     for images, targets in loader:

@@ -65,7 +65,7 @@ class SweepSummary(Callback):
             return
         run_dir = Path(config.hydra.runtime.output_dir)
         status, error = job_outcome(job_return)
-        if status != "completed":
+        if status not in ("completed", "refused"):  # refused: the directory is another run's
             mark_summary(run_dir, status, error)
             level = logging.INFO if status == "pruned" else logging.ERROR
             log.log(level, "Job %s %s: %s (the sweep goes on)", config.hydra.job.num, status, error)
@@ -90,7 +90,10 @@ def job_outcome(job_return: JobReturn) -> tuple[str, str]:
         return "completed", ""
     error = job_return._return_value  # the exception; `.return_value` would re-raise it
     # An Optuna pruner stopped the trial: by name, so this module does not import optuna.
-    status = "pruned" if type(error).__name__ == "TrialPruned" else "failed"
+    # A fault says its own status (diverged, out_of_memory, ...: finetune.errors).
+    status = (
+        "pruned" if type(error).__name__ == "TrialPruned" else getattr(error, "status", "failed")
+    )
     return status, one_line(error)
 
 

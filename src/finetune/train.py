@@ -8,6 +8,7 @@ runs this; only rank 0 writes files.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +23,8 @@ from torch import nn
 from finetune.checkpoint import FORMAT_VERSION, Checkpointer, model_state, rng_state, set_rng_state
 from finetune.data import build_loaders, build_splits, resolve_preprocessing
 from finetune.distributed import barrier, broadcast_from_main, dist_info, rank_device, wrap_ddp
-from finetune.errors import one_line
+from finetune.errors import WriteFailed, one_line
+from finetune.faults import explain, fault_counts, status_of
 from finetune.features import check_cache_features, feature_loaders
 from finetune.freeze import Freezer, check_freeze
 from finetune.loggers import build_loggers
@@ -65,9 +67,19 @@ def run(cfg: DictConfig) -> float:
         )
         raise SystemExit(stopped.exit_code) from None
     except BaseException as error:
+        fault = explain(error, cfg)  # out of memory, a dead worker, ...: one line with the fix
         interrupted = isinstance(error, KeyboardInterrupt)
-        summary["error"] = None if interrupted else one_line(error)
-        finish_summary(run_dir, summary, "interrupted" if interrupted else "failed", started)
+        summary["error"] = None if interrupted else one_line(fault)
+        finish_summary(run_dir, summary, status_of(fault), started)
+        if interrupted:  # a second Ctrl-C: stopped at once, mid-step
+            log.warning(
+                "Interrupted again: stopped at once; the last saved last.pt is whole. "
+                "Continue with: python train.py resume=%s",
+                run_dir,
+            )
+            raise SystemExit(128 + signal.SIGINT) from None
+        if fault is not error:
+            raise fault from None
         raise
     finally:
         stop.close()
@@ -100,6 +112,7 @@ def train_and_test(
     rank = dist_info()
     device = rank_device(cfg.trainer.device, rank) or pick_device(cfg.trainer.device)
     seed_everything(cfg.seed)
+    torch.autograd.set_detect_anomaly(cfg.trainer.detect_anomaly)  # the op that made a NaN
 
     check_cache_features(cfg)
     splits = build_splits(cfg.data, cfg.seed)
@@ -149,6 +162,7 @@ def train_and_test(
         cfg.mode,
         cfg.checkpoint.save_top_k,
         cfg.checkpoint.save_safetensors,
+        cfg.checkpoint.on_error,
     )
     dtype = autocast_dtype(cfg.trainer.precision, device)
     ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
@@ -294,6 +308,7 @@ def train_and_test(
             " | best" if is_best else "",
         )
         summary.update(best=checkpointer.best, final=row, epochs_done=epoch)
+        summary.update(fault_counts(checkpointer, splits))  # failed saves, skipped images
         if rank.is_main:
             write_summary(run_dir, summary)
         report_to_sweeper(epoch, val[cfg.monitor])  # an Optuna pruner may stop this trial
@@ -301,6 +316,8 @@ def train_and_test(
             raise stop.stopped()
 
     best_path = broadcast_from_main(checkpointer.best["path"])
+    if best_path is None:  # every save failed, under checkpoint.on_error=warn
+        raise WriteFailed("no checkpoint could be saved in this run; free disk space, run again")
     load_exact(model, safe_torch_load(Path(best_path))["model_state_dict"], best_path)
     test = evaluate(net, loaders["test"], metrics, device, "test", None, None, dtype)
     loggers.log_metrics(test, loop.global_step)
@@ -312,6 +329,7 @@ def train_and_test(
     summary.update(
         test=test, test_split=splits.test_source, best_checkpoint=checkpointer.best["path"]
     )
+    summary.update(fault_counts(checkpointer, splits))
     return best_score
 
 

@@ -6,6 +6,7 @@ split by data.val_fraction and data.test_fraction.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +14,31 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from finetune.data.splits import Splits, class_index, stratified_split
-from finetune.errors import FinetuneError
+from finetune.errors import DataFault, FinetuneError
+
+log = logging.getLogger(__name__)
+
+BAD_IMAGE_CHOICES = ("error", "skip")
+# How many skipped files summary.json lists by name (the count is always whole).
+LISTED_SKIPPED = 20
 
 
 class ImageFiles(Dataset):
-    """(path, label) samples read with PIL; an unreadable file is named in the error."""
+    """(path, label) samples read with PIL.
 
-    def __init__(self, samples: list[tuple[str, int]]) -> None:
+    An unreadable file (truncated, not an image) stops the run naming it, or with
+    `on_bad_image="skip"` (data.on_bad_image) is left out of its batch and counted: the
+    marks live in shared memory, so what the loader workers skip is known to the main process.
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], on_bad_image: str) -> None:
         self.samples = samples
         self.transform: Any = None
+        self.on_bad_image = on_bad_image
+        self.skipped = torch.zeros(len(samples), dtype=torch.bool).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -35,10 +49,40 @@ class ImageFiles(Dataset):
             with Image.open(path) as image:
                 image = image.convert("RGB")
         except (OSError, UnidentifiedImageError, SyntaxError) as error:
-            raise FinetuneError(
-                f"unreadable image {path} (sample {index}): {error}; remove or replace the file"
+            if self.on_bad_image == "skip":
+                if not self.skipped[index]:
+                    log.warning(
+                        "skipped unreadable image %s (data.on_bad_image=skip): %s", path, error
+                    )
+                self.skipped[index] = True
+                return None  # collate_readable leaves it out of the batch
+            raise DataFault(
+                f"unreadable image {path} (sample {index}): {error}; remove or replace the file, "
+                "or set data.on_bad_image=skip"
             ) from None
         return self.transform(image), label
+
+
+def collate_readable(batch: list[Any]) -> Any:
+    """default_collate without the samples skipped as unreadable (None)."""
+    kept = [sample for sample in batch if sample is not None]
+    if not kept:
+        raise DataFault(
+            f"all {len(batch)} images of a batch are unreadable (data.on_bad_image=skip); "
+            "check the files the warnings above name"
+        )
+    return default_collate(kept)
+
+
+def skipped_images(splits: Splits) -> dict[str, Any]:
+    """{"skipped_images": {"count": n, "files": [...]}} under data.on_bad_image=skip, else {}."""
+    datasets = [d for d in (splits.train, splits.val, splits.test) if isinstance(d, ImageFiles)]
+    if not any(d.on_bad_image == "skip" for d in datasets):
+        return {}
+    files = sorted(
+        {d.samples[i][0] for d in datasets for i in d.skipped.nonzero().flatten().tolist()}
+    )
+    return {"skipped_images": {"count": len(files), "files": files[:LISTED_SKIPPED]}}
 
 
 def image_folder_splits(cfg: DictConfig, seed: int) -> Splits:
@@ -51,15 +95,19 @@ def image_folder_splits(cfg: DictConfig, seed: int) -> Splits:
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise FinetuneError(f"data.root={cfg.root} does not exist or is not a directory")
+    if cfg.on_bad_image not in BAD_IMAGE_CHOICES:
+        raise FinetuneError(
+            f"data.on_bad_image={cfg.on_bad_image} must be one of {', '.join(BAD_IMAGE_CHOICES)}"
+        )
     if (root / "train").is_dir() and (root / "val").is_dir():
         train, class_names = scan_class_folders(root / "train", cfg.classes)
         val, _ = scan_class_folders(root / "val", class_names)
         has_test = (root / "test").is_dir()
         test = scan_class_folders(root / "test", class_names)[0] if has_test else val
         return Splits(
-            ImageFiles(train),
-            ImageFiles(val),
-            ImageFiles(test),
+            ImageFiles(train, cfg.on_bad_image),
+            ImageFiles(val, cfg.on_bad_image),
+            ImageFiles(test, cfg.on_bad_image),
             class_names,
             "pil",
             "test" if has_test else "val (there is no DIR/test)",
@@ -69,7 +117,7 @@ def image_folder_splits(cfg: DictConfig, seed: int) -> Splits:
     train_idx, val_idx, test_idx = stratified_split(labels, cfg, seed)
 
     def pick(idx: np.ndarray) -> ImageFiles:
-        return ImageFiles([samples[i] for i in idx])
+        return ImageFiles([samples[i] for i in idx], cfg.on_bad_image)
 
     return Splits(pick(train_idx), pick(val_idx), pick(test_idx), class_names, "pil")
 

@@ -45,9 +45,11 @@ def guarded(method: Method) -> Method:
             method(self, *args, **kwargs)
         except Exception as error:
             log.warning(
-                "W&B %s failed, W&B records stop here: %s", method.__name__, one_line(error)
+                "W&B %s failed, W&B records stop here (training and the other records go on): %s",
+                method.__name__,
+                one_line(error),
             )
-            self.run = None
+            self.abandon()
 
     return call  # type: ignore[return-value]
 
@@ -144,6 +146,18 @@ class WandbLogger(Logger):
         # immutable: referenced in place, not copied to W&B's staging area outside the run.
         artifact.add_file(str(path), name=path.name, policy="immutable")
         self.run.log_artifact(artifact, aliases=["best", "latest"])
+
+    def abandon(self) -> None:
+        """Close what is left of a failed run quietly: with its service gone (killed, crashed),
+        wandb's own exit hook would print a traceback at the end of a good run."""
+        run, self.run = self.run, None
+        import wandb
+
+        for close in (lambda: run.finish(exit_code=1), wandb.teardown):
+            try:
+                close()
+            except Exception:  # the service is gone: nothing more to close
+                continue
 
     def finish(self, status: str) -> None:
         """Close the run (every run, so a multirun gives one W&B run per job)."""

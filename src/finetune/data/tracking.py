@@ -1,0 +1,89 @@
+"""Which sample each data loader worker is on, so that a failure can name it.
+
+A worker killed by a signal (the kernel's out-of-memory killer, a stray `kill`) takes its
+traceback with it: PyTorch reports only its PID. So each worker notes, in memory it shares
+with the main process, its PID and the sample it is loading; `last_sample_of(pid)` then says
+"train worker 1 (pid 4242), loading sample 17 (images/a/3.png),". An exception while loading
+a sample (a failing transform) is named the same way, in the worker, before PyTorch wraps it.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from finetune.errors import DataFault, FinetuneError, one_line
+
+# Columns of a worker's row in the shared table.
+PID, INDEX, LOADING = 0, 1, 2
+# Every TrackedDataset of this process, for the main process's error report.
+LIVE: weakref.WeakSet[TrackedDataset] = weakref.WeakSet()
+
+
+class TrackedDataset(Dataset):
+    """`dataset`, with each worker's PID and current sample noted in shared memory."""
+
+    def __init__(self, dataset: Dataset, split: str, num_workers: int) -> None:
+        self.dataset, self.split = dataset, split
+        # One row per worker: PID, sample index, 1 while loading it. Created before the
+        # workers start, so they share it (fork) or receive it as shared memory (spawn).
+        self.table = torch.full((max(num_workers, 1), 3), -1, dtype=torch.int64).share_memory_()
+        LIVE.add(self)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        worker = get_worker_info()
+        row = None if worker is None else self.table[worker.id].numpy()
+        if row is not None:
+            row[PID], row[INDEX], row[LOADING] = os.getpid(), index, 1
+        try:
+            item = self.dataset[index]
+        except FinetuneError:
+            raise  # it names its sample already (an unreadable image)
+        except Exception as error:
+            from finetune.faults import is_out_of_memory
+
+            if is_out_of_memory(error):
+                raise
+            raise DataFault(
+                f"loading {self.describe(index)} failed: {type(error).__name__}: "
+                f"{one_line(error)}; fix or remove the file, or the transform"
+            ) from None
+        if row is not None:
+            row[LOADING] = 0
+        return item
+
+    def describe(self, index: int) -> str:
+        """The sample, and its file when the dataset has one: "train sample 17 (a/3.png)"."""
+        samples = getattr(self.dataset, "samples", None)
+        path = f" ({samples[index][0]})" if samples is not None else ""
+        return f"{self.split} sample {index}{path}"
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for attributes not found here: the wrapped dataset's (transform, ...).
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def last_sample_of(pid: int) -> str | None:
+    """What the worker with `pid` was doing, as the start of a sentence; None if unknown.
+
+    "train data loader worker 1 (pid 4242), loading train sample 17 (a/3.png),"
+    """
+    for tracked in list(LIVE):
+        for worker, (row_pid, index, loading) in enumerate(tracked.table.tolist()):
+            if row_pid != pid:
+                continue
+            doing = "loading" if loading == 1 else "last loaded"
+            return (
+                f"{tracked.split} data loader worker {worker} (pid {pid}), {doing} "
+                f"{tracked.describe(index)},"
+            )
+    return None

@@ -1,0 +1,176 @@
+"""Faults recognised and worded (faults.py), bad images skipped across worker processes,
+failed checkpoint saves under checkpoint.on_error, and the NaN watch of the loop."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from finetune.checkpoint import Checkpointer
+from finetune.data.folders import ImageFiles, collate_readable, skipped_images
+from finetune.data.splits import Splits
+from finetune.data.tracking import TrackedDataset
+from finetune.errors import (
+    DataFault,
+    Diverged,
+    FinetuneError,
+    OutOfMemory,
+    WriteFailed,
+    exit_on_user_error,
+)
+from finetune.faults import NonFiniteWatch, explain, status_of
+
+CFG = OmegaConf.create({"data": {"batch_size": 48, "image_size": 224, "num_workers": 3}})
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough "
+                "memory: you tried to allocate 4194304 bytes."
+            ),
+            ["out of CPU memory", "4.0 MiB"],
+        ),
+        (
+            torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0"),
+            ["out of GPU memory", "2.00 GiB"],
+        ),
+        (MemoryError(), ["out of CPU memory"]),
+    ],
+)
+def test_out_of_memory_names_the_batch_size_and_the_fixes(error, words) -> None:
+    fault = explain(error, CFG)
+    assert isinstance(fault, OutOfMemory) and status_of(fault) == "out_of_memory"
+    text = str(fault)
+    for word in [*words, "data.batch_size=48", "trainer.accumulate_grad_batches", "bf16"]:
+        assert word in text
+
+
+def test_other_errors_are_recognised_or_left_alone() -> None:
+    anomaly = RuntimeError("Function 'AddmmBackward0' returned nan values in its 0th output.")
+    assert isinstance(explain(anomaly, CFG), Diverged)
+    full = OSError(errno.ENOSPC, "No space left on device", "/run/metrics.csv")
+    assert "could not write /run/metrics.csv" in str(explain(full, CFG))
+    assert isinstance(explain(full, CFG), WriteFailed)
+    bug = ValueError("a bug")
+    assert explain(bug, CFG) is bug and status_of(bug) == "failed"
+    interrupt = KeyboardInterrupt()
+    assert explain(interrupt, CFG) is interrupt and status_of(interrupt) == "interrupted"
+
+
+@pytest.mark.parametrize("kind", [FinetuneError, Diverged, OutOfMemory, WriteFailed, DataFault])
+def test_each_fault_exits_with_its_own_code(kind) -> None:
+    with pytest.raises(SystemExit) as exited, exit_on_user_error():
+        raise kind("what happened; the fix")
+    assert exited.value.code == kind.exit_code
+    assert len({FinetuneError.exit_code, Diverged.exit_code, OutOfMemory.exit_code}) == 3
+
+
+def tree_dataset(root: Path, make_image_tree, on_bad_image: str) -> tuple[ImageFiles, Path]:
+    """ImageFiles over a tiny tree with one truncated PNG; (dataset, broken file)."""
+    make_image_tree(root, {"": 4}, ("a", "b"))
+    files = sorted(root.rglob("*.png"))
+    broken = files[2]
+    broken.write_bytes(broken.read_bytes()[:60])
+    dataset = ImageFiles([(str(f), int(f.parent.name == "b")) for f in files], on_bad_image)
+    dataset.transform = lambda image: torch.zeros(3, 4, 4)
+    return dataset, broken
+
+
+def test_skipped_images_are_counted_across_worker_processes(tmp_path, make_image_tree) -> None:
+    dataset, broken = tree_dataset(tmp_path / "tree", make_image_tree, "skip")
+    loader = DataLoader(
+        TrackedDataset(dataset, "train", 2),
+        batch_size=3,
+        num_workers=2,
+        collate_fn=collate_readable,
+    )
+    for _ in range(2):  # twice: a file is counted once
+        sizes = [len(targets) for _, targets in loader]
+        assert sum(sizes) == len(dataset) - 1
+    splits = Splits(dataset, dataset, dataset, ["a", "b"], "pil")
+    assert skipped_images(splits) == {"skipped_images": {"count": 1, "files": [str(broken)]}}
+
+
+def test_an_unreadable_image_in_a_worker_names_the_worker_and_file(
+    tmp_path, make_image_tree
+) -> None:
+    dataset, broken = tree_dataset(tmp_path / "tree", make_image_tree, "error")
+    loader = DataLoader(TrackedDataset(dataset, "train", 1), batch_size=8, num_workers=1)
+    with pytest.raises(DataFault) as raised:
+        next(iter(loader))
+    fault = explain(raised.value, CFG)
+    assert isinstance(fault, DataFault)
+    assert str(fault).startswith(f"data loader worker 0: unreadable image {broken} (sample 2)")
+    assert "\n" not in str(fault)
+
+
+def test_a_failing_transform_names_the_sample_and_its_file(tmp_path, make_image_tree) -> None:
+    dataset, _ = tree_dataset(tmp_path / "tree", make_image_tree, "error")
+
+    def broken_transform(image: object) -> torch.Tensor:
+        raise ValueError("crop larger than the image")
+
+    dataset.transform = broken_transform
+    with pytest.raises(DataFault, match=r"loading val sample 0 \(.*a/0.png\) failed: ValueError"):
+        TrackedDataset(dataset, "val", 0)[0]
+
+
+def test_the_watch_names_the_first_non_finite_step() -> None:
+    watch = NonFiniteWatch(torch.device("cpu"))
+    for step, loss in enumerate([1.0, 2.0, float("inf"), float("nan")], start=1):
+        watch.see(torch.tensor(loss), step)
+    with pytest.raises(Diverged, match="loss is inf at step 3"):
+        watch.check()
+
+
+def test_the_watch_refuses_nan_weights_behind_a_finite_loss() -> None:
+    watch = NonFiniteWatch(torch.device("cpu"))
+    watch.see(torch.tensor(0.5), 1)
+    model = torch.nn.Linear(2, 2)
+    watch.check(model)  # all finite: no error
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(Diverged, match="weights hold NaN"):
+        watch.check(model)
+
+
+def save_epoch(checkpointer: Checkpointer, epoch: int, acc: float) -> bool:
+    model = torch.nn.Linear(2, 2)
+    state = {"epoch": epoch, "global_step": epoch, "model_state_dict": model.state_dict()}
+    return checkpointer.save(state, model, {"val/acc": acc}, {})
+
+
+def test_a_failed_save_stops_or_warns_and_best_stays_a_file_that_exists(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    strict = Checkpointer(blocker / "ckpt", "val/acc", "max", 2, False, "error")
+    with pytest.raises(WriteFailed, match=f"could not write {blocker}/ckpt/last.pt"):
+        save_epoch(strict, 1, 0.5)
+
+    good = tmp_path / "checkpoints"
+    lenient = Checkpointer(good, "val/acc", "max", 2, False, "warn")
+    assert save_epoch(lenient, 1, 0.5)
+    lenient.directory = blocker / "ckpt"  # the disk "fills"
+    caplog.set_level(logging.WARNING)
+    assert not save_epoch(lenient, 2, 0.9)  # better, but not saved: not best
+    assert lenient.failed_saves == 1
+    assert "checkpoint of epoch 2 not saved" in caplog.text
+    assert lenient.best == {"score": 0.5, "epoch": 1, "path": str(good / "best.pt")}
+    assert [Path(path).parent for _, path in lenient.top_k.entries] == [good]
+    assert torch.load(good / "best.pt", weights_only=True)["epoch"] == 1
+
+
+def test_on_error_must_be_error_or_warn(tmp_path) -> None:
+    with pytest.raises(FinetuneError, match="checkpoint.on_error=ignore"):
+        Checkpointer(tmp_path, "val/acc", "max", 1, False, "ignore")
