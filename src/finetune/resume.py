@@ -22,6 +22,7 @@ from finetune.errors import FinetuneError
 log = logging.getLogger(__name__)
 
 LAST = "last.pt"
+SINGLE_OPTION_GROUPS = ("trainer", "checkpoint")
 
 
 def resume_argv(argv: list[str]) -> list[str]:
@@ -85,6 +86,11 @@ def merge_resume_config(
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     merged = OmegaConf.create(saved)
+    # Groups with a single option may have gained keys since the run was saved: those take
+    # today's defaults (groups with several options must not be mixed, so they stay as saved).
+    for group in SINGLE_OPTION_GROUPS:
+        today = OmegaConf.to_container(composed[group], resolve=True)
+        merged[group] = OmegaConf.merge(today, saved.get(group, {}))
     parsed = OverridesParser.create().parse_overrides(overrides)
     for override in parsed:
         key = override.key_or_group
