@@ -1,0 +1,46 @@
+"""scripts/benchmark.py runs end to end on a tiny model (speed is never asserted: noisy here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
+
+
+def load_script() -> ModuleType:
+    """Import the script as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_measure_gives_positive_rates_and_a_ratio() -> None:
+    benchmark = load_script()
+    rates = benchmark.measure(
+        "test_resnet",
+        steps=2,
+        batch_size=16,
+        image_size=32,
+        repeats=2,
+        warmup_steps=1,
+        overrides=["logger=[csv,tensorboard]"],
+    )
+    assert set(rates) == {"bare", "project"}
+    assert all(len(values) == 2 and min(values) > 0 for values in rates.values())
+    ratios = benchmark.ratios(rates)
+    assert ratios["bare"] == 1.0 and ratios["project"] > 0
+    rows = benchmark.table_rows("test_resnet", rates).splitlines()
+    assert [row.split()[1] for row in rows] == ["bare", "project"]
+
+
+def test_main_prints_the_table(capsys) -> None:  # noqa: ANN001 (pytest fixture)
+    benchmark = load_script()
+    args = "--model test_resnet --steps 2 --repeats 1 --warmup-steps 1 --batch-size 16"
+    benchmark.main(args.split())
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines[-2:]] == ["bare", "project"]

@@ -1,0 +1,127 @@
+"""Checkpoints: atomic writes, top-k bookkeeping, and files that open with weights_only=True."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from finetune.checkpoint import (
+    Checkpointer,
+    TopK,
+    atomic_write,
+    metric_filename,
+    model_state,
+    rng_state,
+    set_rng_state,
+)
+from finetune.errors import FinetuneError
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"old and whole")
+
+    def half_then_crash(handle) -> None:
+        handle.write(b"half of the new")
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError, match="crash mid-write"):
+        atomic_write(path, half_then_crash)
+    assert path.read_bytes() == b"old and whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "temporary file left behind"
+
+
+def test_atomic_write_disk_error_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "summary.json"
+    path.write_bytes(b"{}")
+
+    def disk_full(handle) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(FinetuneError, match="No space left") as error:
+        atomic_write(path, disk_full)
+    assert str(path) in str(error.value) and path.read_bytes() == b"{}"
+
+
+def test_atomic_write_replaces(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "file.bin"
+    atomic_write(path, lambda handle: handle.write(b"one"))
+    atomic_write(path, lambda handle: handle.write(b"two"))
+    assert path.read_bytes() == b"two"
+
+
+def test_top_k_keeps_the_best_and_evicts_the_rest() -> None:
+    top = TopK(k=2, mode="max")
+    assert top.add(0.5, "a") == [] and top.add(0.7, "b") == []
+    assert top.admits(0.6) and not top.admits(0.4)
+    assert top.add(0.6, "c") == ["a"]
+    assert top.entries == [(0.7, "b"), (0.6, "c")]
+
+    low = TopK(k=1, mode="min")
+    low.add(0.3, "x")
+    assert low.admits(0.2) and not low.admits(0.4)
+    assert low.add(0.2, "y") == ["x"]
+    assert not TopK(k=0, mode="max").admits(1.0)
+
+
+def test_metric_filename() -> None:
+    name = metric_filename(7, {"val/loss": 0.12344, "val/acc": 0.98765}, "val/acc")
+    assert name == "epoch=007-val_loss=0.1234-val_acc=0.9877.pt"
+
+
+def fake_epoch(model: torch.nn.Module, epoch: int) -> dict:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    return {
+        "epoch": epoch,
+        "model_state_dict": model_state(model),
+        "optimizer_state_dict": optimizer.state_dict(),
+        "loss": 1.0 / epoch,
+        "rng": rng_state(),
+        "config": {"model": {"name": "linear"}, "classes": [5, 6]},
+    }
+
+
+def test_checkpointer_files_load_weights_only(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    checkpointer = Checkpointer(tmp_path, "val/acc", "max", save_top_k=2, save_safetensors=True)
+    for epoch, acc in enumerate([0.5, 0.8, 0.6, 0.7], start=1):
+        metrics = {"val/loss": 1 - acc, "val/acc": acc}
+        checkpointer.save(fake_epoch(model, epoch), model, metrics, {"model": "linear"})
+
+    assert checkpointer.best["epoch"] == 2 and checkpointer.best["score"] == 0.8
+    top_files = sorted(p.name for p in tmp_path.glob("epoch=*.pt"))
+    assert top_files == [
+        "epoch=002-val_loss=0.2000-val_acc=0.8000.pt",
+        "epoch=004-val_loss=0.3000-val_acc=0.7000.pt",
+    ]
+    for path in tmp_path.glob("*.pt"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        assert {"epoch", "model_state_dict", "optimizer_state_dict", "loss"} <= set(state), path
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert last["epoch"] == 4 and last["best"]["epoch"] == 2 and len(last["top_k"]) == 2
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
+        assert handle.metadata() == {"model": "linear"}
+
+
+def test_checkpointer_rejects_an_unlogged_monitor(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    checkpointer = Checkpointer(tmp_path, "val/auc", "max", save_top_k=1, save_safetensors=False)
+    with pytest.raises(FinetuneError, match="monitor=val/auc"):
+        checkpointer.save(fake_epoch(model, 1), model, {"val/acc": 0.5}, {})
+
+
+def test_rng_state_round_trips_through_weights_only(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected

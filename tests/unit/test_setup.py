@@ -1,0 +1,67 @@
+"""check_config: values that would fail later, or run and mean nothing, stop the run at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from finetune.errors import FinetuneError
+from finetune.setup import check_config, pick_device
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def train_cfg(**dotted: object):
+    """The trainer/data/top-level keys check_config reads, from the YAML defaults."""
+    cfg = OmegaConf.create(
+        {
+            "trainer": OmegaConf.load(CONF_DIR / "trainer" / "default.yaml"),
+            "data": OmegaConf.load(CONF_DIR / "data" / "digits.yaml"),
+            "mode": "max",
+        }
+    )
+    for key, value in dotted.items():
+        OmegaConf.update(cfg, key.replace("__", "."), value)
+    return cfg
+
+
+def test_defaults_pass() -> None:
+    check_config(train_cfg())
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("trainer.epochs", 0),
+        ("trainer.epochs", -2),
+        ("trainer.epochs", 1.5),
+        ("trainer.epochs", True),
+        ("data.batch_size", 0),
+        ("data.batch_size", -1),
+        ("data.batch_size", "64"),
+        ("trainer.log_every_n_steps", 0),
+    ],
+)
+def test_bad_counts_name_the_key_and_value(key: str, value: object) -> None:
+    with pytest.raises(FinetuneError, match=f"{key}={value}") as error:
+        check_config(train_cfg(**{key.replace(".", "__"): value}))
+    assert "positive integer" in str(error.value)
+
+
+def test_bad_mode_and_workers() -> None:
+    with pytest.raises(FinetuneError, match="mode=maximum"):
+        check_config(train_cfg(mode="maximum"))
+    with pytest.raises(FinetuneError, match="data.num_workers=-1"):
+        check_config(train_cfg(data__num_workers=-1))
+
+
+def test_cpu_device_and_missing_cuda() -> None:
+    import torch
+
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type in ("cuda", "mps", "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(FinetuneError, match="trainer.device=cuda"):
+            pick_device("cuda")

@@ -1,0 +1,64 @@
+"""Loading weights into a model: a head of another size is replaced, anything else is an error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from finetune.errors import FinetuneError
+from finetune.weights import load_into, load_state_dict_file
+
+
+def tiny(num_classes: int, name: str = "test_resnet") -> torch.nn.Module:
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
+def test_same_shape_loads_everything() -> None:
+    source, target = tiny(10), tiny(10)
+    notes = load_into(target, source.state_dict(), source="test")
+    assert notes == []
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+
+
+def test_head_of_another_size_is_replaced_and_reported() -> None:
+    torch.manual_seed(0)
+    source, target = tiny(1000), tiny(5)
+    head_before = target.fc.weight.detach().clone()
+    notes = load_into(target, source.state_dict(), source="test")
+    assert len(notes) == 1 and "fc.weight" in notes[0] and "replaced" in notes[0]
+    assert target.fc.weight.shape == (5, head_before.shape[1])
+    assert torch.equal(target.fc.weight, head_before)
+    assert torch.equal(target.conv1[0].weight, source.conv1[0].weight)
+
+
+def test_wrong_architecture_lists_the_keys() -> None:
+    with pytest.raises(FinetuneError) as error:
+        load_into(tiny(10), tiny(10, "test_vit").state_dict(), source="vit.pt")
+    message = str(error.value)
+    assert "vit.pt" in message and "missing" in message and "unexpected" in message
+    assert "conv1.0.weight" in message and "\n" not in message
+
+
+def test_body_shape_mismatch_is_an_error_not_a_silent_skip() -> None:
+    state = tiny(10).state_dict()
+    state["conv1.0.weight"] = torch.zeros(1, 1, 1, 1)
+    with pytest.raises(FinetuneError, match="shape mismatch: conv1.0.weight"):
+        load_into(tiny(10), state, source="test")
+
+
+def test_files_strip_wrapper_prefixes_and_refuse_pickled_code(tmp_path: Path) -> None:
+    state = {"module.fc.weight": torch.ones(2, 2), "_orig_mod.fc.bias": torch.ones(2)}
+    torch.save({"model_state_dict": state, "epoch": 3}, tmp_path / "ckpt.pt")
+    assert set(load_state_dict_file(tmp_path / "ckpt.pt")) == {"fc.weight", "fc.bias"}
+
+    torch.save({"fc.weight": torch.ones(2), "evil": Path("/")}, tmp_path / "pickled.pt")
+    with pytest.raises(FinetuneError, match="pickled.pt"):
+        load_state_dict_file(tmp_path / "pickled.pt")
+
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(FinetuneError, match="broken.safetensors"):
+        load_state_dict_file(tmp_path / "broken.safetensors")
