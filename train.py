@@ -5,6 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from finetune.checks import check_config
 from finetune.distributed_env import launched_by_torchrun
 from finetune.errors import exit_on_user_error
 from finetune.resolvers import register_resolvers
@@ -20,14 +21,15 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from finetune.train import run
-
     # In a sweep the error must reach Hydra, which records this job as failed and goes on.
     # One process per run directory: a second one given the same directory refuses to start.
     with (
         exit_on_user_error(reraise=HydraConfig.get().mode == RunMode.MULTIRUN),
         lock_run_dir(cfg.paths.output_dir),
     ):
+        check_config(cfg)  # a bad value is refused before torch and timm are imported
+        from finetune.train import run
+
         return run(cfg)
 
 

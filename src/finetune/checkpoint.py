@@ -35,6 +35,9 @@ def atomic_write(path: Path, write: Any) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # mkstemp makes 0600 files; records and checkpoints get the usual mode (0666 - umask),
+        # so colleagues on a shared cluster can read them.
+        os.fchmod(fd, 0o666 & ~current_umask())
     except OSError as error:
         raise write_failed(path, error) from None
     try:
@@ -60,6 +63,13 @@ def write_failed(path: Path, error: OSError) -> WriteFailed:
         f"could not write {path}: {error.strerror or error}; the previous file is untouched "
         "(free disk space or fix permissions)"
     )
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def fsync_directory(directory: Path) -> None:

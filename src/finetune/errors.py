@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,10 @@ def one_line(error: BaseException) -> str:
     the line that matters is the last one.
     """
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    # A worker's re-raised text ends in "module.ErrorType: message": keep the message.
+    return re.sub(r"^[\w.]*(Error|Exception): ", "", lines[-1].strip())
 
 
 @contextlib.contextmanager

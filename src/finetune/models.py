@@ -57,8 +57,9 @@ def build_model(cfg: DictConfig, num_classes: int) -> tuple[nn.Module, ModelInfo
     model = timm.create_model(cfg.name, pretrained=False, **kwargs)
     if mode == "false":
         return model, ModelInfo(cfg.name, num_classes, "random init", False, [])
-    notes = load_into(model, load_weights_source(mode), source=mode)
-    return model, ModelInfo(cfg.name, num_classes, f"file:{mode}", True, notes)
+    path = weights_path(mode)
+    notes = load_into(model, load_state_dict_file(path), source=str(path))
+    return model, ModelInfo(cfg.name, num_classes, f"file:{path.resolve()}", True, notes)
 
 
 def normalise_pretrained(value: Any) -> str:
@@ -172,8 +173,8 @@ def head_notes(model: nn.Module) -> list[str]:
     return []
 
 
-def load_weights_source(path_text: str) -> dict[str, torch.Tensor]:
-    """State dict from a weights file or from an earlier run directory's best checkpoint."""
+def weights_path(path_text: str) -> Path:
+    """A weights file, or an earlier run directory's best checkpoint."""
     path = Path(path_text).expanduser()
     if path.is_dir():
         best = path / "checkpoints" / "best.pt"
@@ -182,13 +183,13 @@ def load_weights_source(path_text: str) -> dict[str, torch.Tensor]:
                 f"model.pretrained={path_text} is a directory without checkpoints/best.pt; "
                 "give a finished run directory or a weights file"
             )
-        path = best
-    elif not path.is_file():
+        return best
+    if not path.is_file():
         raise FinetuneError(
             f"model.pretrained={path_text}: no such file or run directory; give a "
             ".safetensors/.pt/.pth file or a run directory, or use model.pretrained=false"
         )
-    return load_state_dict_file(path)
+    return path
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

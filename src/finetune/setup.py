@@ -1,4 +1,4 @@
-"""What a run needs before it starts: a checked config, a device, seeds, a model summary."""
+"""What a run needs before it starts: a device, seeds, a model summary."""
 
 from __future__ import annotations
 
@@ -7,28 +7,12 @@ import random
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
+from finetune.checks import check_config  # noqa: F401 (re-exported for callers)
 from finetune.errors import FinetuneError
 
 log = logging.getLogger(__name__)
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Reject values that would fail later, or worse, run and mean nothing."""
-    positive = {
-        "trainer.epochs": cfg.trainer.epochs,
-        "data.batch_size": cfg.data.batch_size,
-        "trainer.log_every_n_steps": cfg.trainer.log_every_n_steps,
-    }
-    for key, value in positive.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise FinetuneError(f"{key}={value} must be a positive integer")
-    if cfg.mode not in ("min", "max"):
-        raise FinetuneError(f"mode={cfg.mode} must be min or max")
-    if cfg.data.num_workers < 0:
-        raise FinetuneError(f"data.num_workers={cfg.data.num_workers} must be 0 or more")
 
 
 def pick_device(name: str) -> torch.device:

@@ -21,6 +21,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from finetune.checkpoint import FORMAT_VERSION, Checkpointer, model_state, rng_state, set_rng_state
+from finetune.checks import check_config
 from finetune.data import build_loaders, build_splits, resolve_preprocessing
 from finetune.distributed import barrier, broadcast_from_main, dist_info, rank_device, wrap_ddp
 from finetune.errors import WriteFailed, one_line
@@ -37,7 +38,7 @@ from finetune.progress import log_to_file_only
 from finetune.pruning import report as report_to_sweeper
 from finetune.resume import load_resume_state, trim_metrics_csv
 from finetune.rundir import read_summary, write_hparams, write_summary
-from finetune.setup import check_config, model_summary, pick_device, seed_everything
+from finetune.setup import model_summary, pick_device, seed_everything
 from finetune.signals import RunStopped, StopRequest
 from finetune.weights import load_exact, safe_torch_load
 

@@ -170,7 +170,8 @@ def test_pretrained_from_a_weights_file(tmp_path: Path, run_train) -> None:
     assert code == 0, output[-3000:]
     assert "replaced" in output
     model = load_yaml(run_dir / "hparams.yaml")["run"]["model"]
-    assert model["pretrained_source"] == f"file:{path}" and model["pretrained_loaded"] is True
+    assert model["pretrained_source"] == f"file:{path.resolve()}"
+    assert model["pretrained_loaded"] is True
     assert any("fc.weight" in note for note in model["notes"])
     loaded = load_ckpt(run_dir / "checkpoints" / "best.pt")["model_state_dict"]
     assert torch.equal(loaded["conv1.0.weight"], source["conv1.0.weight"])
@@ -183,7 +184,9 @@ def test_pretrained_from_an_earlier_run_dir(tiny_run, run_train) -> None:
     code, output, run_dir = run_train(*FROZEN_FAST, f"model.pretrained={earlier}")
     assert code == 0, output[-3000:]
     model = load_yaml(run_dir / "hparams.yaml")["run"]["model"]
-    assert str(earlier) in model["pretrained_source"] and model["pretrained_loaded"] is True
+    # The file actually loaded, not just the directory given.
+    best = (earlier / "checkpoints" / "best.pt").resolve()
+    assert model["pretrained_source"] == f"file:{best}" and model["pretrained_loaded"] is True
     source = load_ckpt(earlier / "checkpoints" / "best.pt")["model_state_dict"]
     loaded = load_ckpt(run_dir / "checkpoints" / "best.pt")["model_state_dict"]
     assert torch.equal(loaded["conv1.0.weight"], source["conv1.0.weight"])

@@ -64,7 +64,7 @@ def test_weights_file_loads_exactly(tmp_path: Path, suffix: str) -> None:
     else:  # this project's checkpoint layout
         torch.save({"epoch": 1, "model_state_dict": source.state_dict()}, path)
     model, info = build_model(model_cfg(str(path)), num_classes=10)
-    assert info.pretrained_loaded and info.pretrained_source == f"file:{path}"
+    assert info.pretrained_loaded and info.pretrained_source == f"file:{path.resolve()}"
     assert info.notes == []
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key

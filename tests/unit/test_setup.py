@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from finetune.checks import check_config
 from finetune.errors import FinetuneError
-from finetune.setup import check_config, pick_device
+from finetune.setup import pick_device
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
