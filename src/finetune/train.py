@@ -287,11 +287,13 @@ def train_and_test(
             "images_per_s": images_per_s,
             "epoch_time_s": time.time() - epoch_start,
         }
+        # The row goes first: a crash between the two leaves a row that a resume trims, never a
+        # checkpoint whose epoch has no row.
+        loggers.log_epoch(row)
         is_best = False
         if rank.is_main:
             is_best = checkpointer.save(checkpoint_state(train_loss, val), model, val, metadata)
         barrier()
-        loggers.log_epoch(row)
         # train/loss is the step loss in the scalar logs; the epoch's mean gets its own tag.
         scalars = {k: v for k, v in row.items() if k not in ("epoch", "step", "train/loss")}
         loggers.log_metrics({"train/loss_epoch": train_loss, **scalars}, loop.global_step)

@@ -307,9 +307,9 @@ def test_a_killed_worker_is_named_with_its_sample(start_train_here, image_tree, 
     os.kill(workers[0], signal.SIGKILL)  # the first born: a training loader's worker
     output, _ = process.communicate(timeout=240)  # no hang
 
-    line = assert_fault(
-        output, process.returncode, errors.EXIT_DATA_FAILED, f"(pid {workers[0]})", "SIGKILL"
-    )
+    # How the death reads ("killed by SIGKILL" or "exited unexpectedly") depends on which of
+    # torch's checks notices it first; the worker, its pid and its sample are named either way.
+    line = assert_fault(output, process.returncode, errors.EXIT_DATA_FAILED, f"(pid {workers[0]})")
     assert "data loader worker" in line and "sample" in line and f"{image_tree}" in line
     assert "data.num_workers" in line
     assert summary(run_dir)["status"] == "data_error"

@@ -40,7 +40,8 @@ def test_measure_gives_positive_rates_and_a_ratio() -> None:
 
 def test_main_prints_the_table(capsys) -> None:  # noqa: ANN001 (pytest fixture)
     benchmark = load_script()
-    args = "--model test_resnet --steps 2 --repeats 1 --warmup-steps 1 --batch-size 16"
+    # --threads 0: leave torch's thread count alone for the tests that follow in this process.
+    args = "--model test_resnet --steps 2 --repeats 1 --warmup-steps 1 --batch-size 16 --threads 0"
     benchmark.main(args.split())
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines[-2:]] == ["bare", "project"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import signal
+import threading
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +100,8 @@ def build_loaders(
     splits.train.transform = train_tf
     splits.val.transform = eval_tf
     splits.test.transform = eval_tf
+    if cfg.num_workers > 0:
+        quiet_dead_worker_handoffs()
     common: dict[str, Any] = {
         "batch_size": cfg.batch_size,
         "num_workers": cfg.num_workers,
@@ -183,6 +187,26 @@ class Shard(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def quiet_dead_worker_handoffs() -> None:
+    """Silence the traceback a killed worker leaves in multiprocessing's fd-sharing thread.
+
+    When a worker dies while handing a batch's shared memory over, Python's resource_sharer
+    thread prints a ConnectionResetError traceback; the loader's own error (which names the
+    worker and its sample) says what happened in one line. Every other thread error still shows.
+    """
+    default_hook = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        frames = traceback.extract_tb(args.exc_traceback)
+        in_sharer = any(frame.filename.endswith("resource_sharer.py") for frame in frames)
+        if in_sharer and issubclass(args.exc_type, (ConnectionError, EOFError)):
+            return
+        default_hook(args)
+
+    if getattr(threading.excepthook, "__name__", "") != "hook":
+        threading.excepthook = hook
 
 
 def seed_worker(worker_id: int) -> None:
