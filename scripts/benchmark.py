@@ -1,0 +1,315 @@
+"""How much does this project's training loop cost over a bare PyTorch loop?
+
+    python scripts/benchmark.py                      # resnet18 and test_resnet on digits
+    python scripts/benchmark.py --model test_resnet --steps 60 --repeats 7
+    python scripts/benchmark.py --model resnet18 --batch-size 32 optimizer=sgd   # Hydra overrides
+
+Each variant trains the same model on the same data for the same number of steps, with the
+optimizer and scheduler built as `finetune.train.train_and_test` builds them from the real YAML
+defaults. "bare" is a hand-written loop; "project" is `finetune.loop.train_one_epoch` with its
+loggers on (CSV and TensorBoard, into a temporary directory). After a warm-up, the variants run
+in alternating order (ABBA...) so that drift from other processes on the machine cancels, and
+the table shows the median images/s of each and its ratio to the first variant.
+
+Torch runs one thread by default here, because the ratio is the point and machines are shared:
+on 2 busy cores, 2 intra-op threads ran 3-8x slower and varied 10x between runs, so ratios were
+noise (0.79 to 1.27); one thread varied 5%. `--threads 0` keeps torch's own choice.
+
+A new row (frozen backbone, feature cache, AMP, ...) is one more `Variant` in VARIANTS: a name,
+a loop function, and the Hydra overrides its setup needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.utils.data import DataLoader
+
+from finetune.data import build_loaders, build_splits, resolve_preprocessing
+from finetune.features import check_cache_features, feature_loaders
+from finetune.freeze import Freezer, check_freeze
+from finetune.loggers import Loggers, build_loggers
+from finetune.loop import LoopState, Stepper, steps_in_epoch, train_one_epoch
+from finetune.models import build_model
+from finetune.optim import param_groups
+from finetune.precision import autocast_dtype, grad_scaler, maybe_compile
+from finetune.resolvers import register_resolvers
+from finetune.setup import check_config, pick_device, seed_everything
+from finetune.signals import StopRequest
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+@dataclass
+class Setup:
+    """Everything one variant trains with, built from the composed config."""
+
+    cfg: DictConfig
+    net: nn.Module  # what the loop trains (the model, or its head on cached features)
+    loader: DataLoader
+    stepper: Stepper  # optimizer, scheduler, device, precision, EMA
+    loggers: Loggers
+    loop: LoopState = field(default_factory=LoopState)
+
+
+@dataclass
+class Variant:
+    """A row of the table: `loop(setup, steps)` trains `steps` steps."""
+
+    name: str
+    loop: Callable[[Setup, int], None]
+    overrides: Sequence[str] = field(default_factory=tuple)
+
+
+def compose_config(
+    model: str, batch_size: int, image_size: int, overrides: Sequence[str]
+) -> DictConfig:
+    """The real YAML defaults, as `python train.py model=MODEL ...` would compose them.
+
+    Pretrained weights do not change the speed, so they are off: no hub lookup, no download.
+    """
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"model={model}",
+                "model.pretrained=false",
+                f"data.batch_size={batch_size}",
+                f"data.image_size={image_size}",
+                *overrides,
+            ],
+        )
+
+
+def build_setup(cfg: DictConfig, log_dir: Path) -> Setup:
+    """What `finetune.train.train_and_test` builds before its first epoch (one process, no DDP).
+
+    Keep in step with train_and_test: a benchmark of other objects measures nothing.
+    """
+    check_config(cfg)
+    device = pick_device(cfg.trainer.device)
+    seed_everything(cfg.seed)
+    check_cache_features(cfg)
+    splits = build_splits(cfg.data, cfg.seed)
+    model, model_info = build_model(cfg.model, num_classes=len(splits.class_names))
+    check_freeze(cfg.freeze, model_info.pretrained_loaded)
+    prep = resolve_preprocessing(model, cfg.data.image_size)
+    loaders = build_loaders(cfg.data, splits, prep, cfg.seed, device)
+    model.to(device)
+    if cfg.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    freezer = Freezer(model, cfg.freeze)
+    freezer.apply(epoch=1)
+    trained = model
+    if cfg.freeze.cache_features:
+        loaders = feature_loaders(model, loaders, cfg, prep.as_dict(), device)
+        trained = model.get_classifier()
+    net = maybe_compile(trained, cfg.trainer.compile)
+    optimizer_cfg = {k: v for k, v in cfg.optimizer.items() if k != "backbone_lr_mult"}
+    make_optimizer = instantiate(optimizer_cfg, _partial_=True, _convert_="all")
+    groups = param_groups(
+        list(model.parameters()),
+        cfg.optimizer.weight_decay,
+        cfg.optimizer.lr,
+        freezer.backbone_parameters(),
+        cfg.freeze.backbone_lr_mult,
+    )
+    optimizer = make_optimizer(params=groups)
+    scheduler = instantiate(cfg.scheduler)(
+        optimizer,
+        steps_per_epoch=steps_in_epoch(loaders["train"], cfg.trainer),
+        epochs=cfg.trainer.epochs,
+    )
+    dtype = autocast_dtype(cfg.trainer.precision, device)
+    ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
+    stepper = Stepper(optimizer, scheduler, device, dtype, grad_scaler(device, dtype), ema, model)
+    loggers = build_loggers(cfg, log_dir, is_main=True)
+    return Setup(cfg, net, loaders["train"], stepper, loggers)
+
+
+def bare_loop(s: Setup, steps: int) -> None:
+    """The loop anyone would write by hand: forward, loss, zero_grad, backward, step.
+
+    It uses the setup's model, data, optimizer and scheduler only (fp32, no accumulation,
+    clipping or EMA): the baseline that the project's extras are measured against.
+    """
+    model, device = s.net, s.stepper.device
+    optimizer, scheduler = s.stepper.optimizer, s.stepper.scheduler
+    model.train()
+    criterion = nn.CrossEntropyLoss()
+    done = 0
+    while done < steps:
+        for images, targets in s.loader:
+            images, targets = images.to(device), targets.to(device)
+            loss = criterion(model(images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            done += 1
+            if done == steps:
+                break
+
+
+def project_loop(s: Setup, steps: int) -> None:
+    """This project's `train_one_epoch`, one call per pass over the loader, loggers on."""
+    stop = StopRequest()  # the run's signal handlers, as in `train.run`
+    try:
+        while steps > 0:
+            s.cfg.trainer.limit_train_batches = min(steps, len(s.loader))
+            train_one_epoch(
+                s.net,
+                s.loader,
+                s.stepper,
+                s.loggers,
+                s.cfg,
+                s.loop,
+                stop,
+                save_mid_epoch=lambda loss: None,  # checkpoint.every_n_steps is null by default
+            )
+            steps -= s.cfg.trainer.limit_train_batches
+            s.loop.epoch, s.loop.step_in_epoch, s.loop.epoch_loss_sum = s.loop.epoch + 1, 0, 0.0
+    finally:
+        stop.close()
+
+
+VARIANTS = [
+    Variant("bare", bare_loop),
+    Variant("project", project_loop),
+]
+
+
+def images_in(loader: DataLoader, steps: int) -> int:
+    """Images in the first `steps` batches, passes over the loader repeating as needed."""
+    per_epoch = min(len(loader) * loader.batch_size, len(loader.dataset))
+    epochs, rest = divmod(steps, len(loader))
+    return epochs * per_epoch + min(rest * loader.batch_size, per_epoch)
+
+
+def images_per_s(variant: Variant, setup: Setup, steps: int) -> float:
+    """Wall-clock throughput of `steps` steps, the loader's iteration included."""
+    synchronize(setup.stepper.device)
+    start = time.perf_counter()
+    variant.loop(setup, steps)
+    synchronize(setup.stepper.device)
+    return images_in(setup.loader, steps) / (time.perf_counter() - start)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(
+    model: str,
+    steps: int,
+    batch_size: int,
+    image_size: int,
+    repeats: int,
+    warmup_steps: int,
+    overrides: Sequence[str] = (),
+    variants: Sequence[Variant] = VARIANTS,
+) -> dict[str, list[float]]:
+    """images/s of every variant over `repeats` alternating runs, after a warm-up of each."""
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
+        setups = {}
+        for variant in variants:
+            cfg = compose_config(model, batch_size, image_size, [*overrides, *variant.overrides])
+            log_dir = Path(tmp) / variant.name
+            log_dir.mkdir()
+            setups[variant.name] = build_setup(cfg, log_dir)
+        for variant in variants:
+            variant.loop(setups[variant.name], warmup_steps)
+        rates: dict[str, list[float]] = {variant.name: [] for variant in variants}
+        for repeat in range(repeats):
+            order = variants if repeat % 2 == 0 else list(reversed(variants))
+            for variant in order:
+                rates[variant.name].append(images_per_s(variant, setups[variant.name], steps))
+        for setup in setups.values():
+            setup.loggers.finish("completed")
+    return rates
+
+
+def ratios(rates: dict[str, list[float]]) -> dict[str, float]:
+    """Each variant's speed relative to the first, the median over repeats.
+
+    Runs of one repeat are back to back, so their ratio cancels slow drift in the machine's
+    load better than a ratio of medians would.
+    """
+    baseline = next(iter(rates.values()))
+    return {
+        name: statistics.median(v / b for v, b in zip(values, baseline, strict=True))
+        for name, values in rates.items()
+    }
+
+
+HEADER = f"{'model':<14}{'variant':<10}{'images/s':>10}{'min..max':>16}{'ratio':>8}"
+
+
+def table_rows(model: str, rates: dict[str, list[float]]) -> str:
+    """A model's rows under HEADER: median images/s, spread, ratio to the first variant."""
+    lines = []
+    for name, ratio in ratios(rates).items():
+        values = rates[name]
+        spread = f"{min(values):.0f}..{max(values):.0f}"
+        median = statistics.median(values)
+        lines.append(f"{model:<14}{name:<10}{median:>10.1f}{spread:>16}{ratio:>8.3f}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", nargs="+", default=["resnet18", "test_resnet"])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each variant")
+    parser.add_argument("--warmup-steps", type=int, default=5)
+    parser.add_argument("--logger", default="[csv,tensorboard]", help="the logger group")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. optimizer=sgd")
+    args = parser.parse_args(argv)
+    # `--model resnet18 optimizer=sgd`: the override lands in --model's list; move it.
+    args.overrides = [m for m in args.model if "=" in m] + args.overrides
+    args.model = [m for m in args.model if "=" not in m]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"{args.steps} steps x {args.repeats} repeats, batch {args.batch_size}, "
+        f"{args.image_size}px, {torch.get_num_threads()} threads, logger={args.logger}, "
+        f"overrides {args.overrides}"
+    )
+    print(HEADER)
+    for model in args.model:
+        rates = measure(
+            model,
+            args.steps,
+            args.batch_size,
+            args.image_size,
+            args.repeats,
+            args.warmup_steps,
+            [f"logger={args.logger}", *args.overrides],
+        )
+        print(table_rows(model, rates), flush=True)
+
+
+if __name__ == "__main__":
+    main()
