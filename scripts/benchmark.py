@@ -186,10 +186,30 @@ def project_loop(s: Setup, steps: int) -> None:
         stop.close()
 
 
-VARIANTS = [
-    Variant("bare", bare_loop),
-    Variant("project", project_loop),
-]
+FROZEN = ("freeze=backbone", "freeze.allow_random_backbone=true")  # speed needs no weights
+ALL_VARIANTS = {
+    variant.name: variant
+    for variant in [
+        Variant("bare", bare_loop),
+        Variant("project", project_loop),
+        Variant("frozen", project_loop, FROZEN),
+        # Epochs after the first: the features were computed once, while building the setup.
+        Variant(
+            "cached",
+            project_loop,
+            (
+                *FROZEN,
+                "freeze.cache_features=true",
+                "data.augment=false",
+                "freeze.feature_cache_dir=null",
+            ),
+        ),
+        Variant("bf16", project_loop, ("trainer.precision=bf16",)),
+        Variant("chlast", project_loop, ("trainer.channels_last=true",)),
+        Variant("ema", project_loop, ("trainer.ema_decay=0.999",)),
+    ]
+}
+VARIANTS = [ALL_VARIANTS["bare"], ALL_VARIANTS["project"]]
 
 
 def images_in(loader: DataLoader, steps: int) -> int:
@@ -280,6 +300,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=5)
     parser.add_argument("--logger", default="[csv,tensorboard]", help="the logger group")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["bare", "project"],
+        choices=sorted(ALL_VARIANTS),
+        help="rows; ratios are to the first",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. optimizer=sgd")
     args = parser.parse_args(argv)
     # `--model resnet18 optimizer=sgd`: the override lands in --model's list; move it.
@@ -307,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.repeats,
             args.warmup_steps,
             [f"logger={args.logger}", *args.overrides],
+            [ALL_VARIANTS[name] for name in args.variants],
         )
         print(table_rows(model, rates), flush=True)
 
