@@ -20,21 +20,14 @@ from finetune.data import Preprocessing, build_loaders, build_splits, resolve_pr
 from finetune.errors import FinetuneError, one_line
 from finetune.metrics import build_metrics
 from finetune.setup import pick_device
-from finetune.weights import safe_torch_load
+from finetune.weights import run_or_file, safe_torch_load
 
 log = logging.getLogger(__name__)
 
 
 def checkpoint_path(target: str) -> Path:
     """A checkpoint file, or a run directory's checkpoints/best.pt."""
-    path = Path(target).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "best.pt"
-    if not path.is_file():
-        raise FinetuneError(
-            f"ckpt={target}: no such checkpoint file or run directory with checkpoints/best.pt"
-        )
-    return path
+    return run_or_file(target, "ckpt", "a checkpoint file")
 
 
 def model_from_checkpoint(

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from finetune.errors import FinetuneError
-from finetune.weights import load_into, load_state_dict_file
+from finetune.weights import load_into, load_state_dict_file, run_or_file
 
 log = logging.getLogger(__name__)
 
@@ -175,21 +175,9 @@ def head_notes(model: nn.Module) -> list[str]:
 
 def weights_path(path_text: str) -> Path:
     """A weights file, or an earlier run directory's best checkpoint."""
-    path = Path(path_text).expanduser()
-    if path.is_dir():
-        best = path / "checkpoints" / "best.pt"
-        if not best.is_file():
-            raise FinetuneError(
-                f"model.pretrained={path_text} is a directory without checkpoints/best.pt; "
-                "give a finished run directory or a weights file"
-            )
-        return best
-    if not path.is_file():
-        raise FinetuneError(
-            f"model.pretrained={path_text}: no such file or run directory; give a "
-            ".safetensors/.pt/.pth file or a run directory, or use model.pretrained=false"
-        )
-    return path
+    return run_or_file(
+        path_text, "model.pretrained", "a .safetensors/.pt/.pth file, or use model.pretrained=false"
+    )
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -22,6 +22,24 @@ log = logging.getLogger(__name__)
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+def run_or_file(target: str, key: str, fix: str) -> Path:
+    """A weights/checkpoint file, or a run directory's checkpoints/best.pt; `key` names the option.
+
+    model.pretrained=, eval.py's ckpt= and load_model() all accept either form.
+    """
+    path = Path(target).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "best.pt"
+        if not path.is_file():
+            raise FinetuneError(
+                f"{key}={target} is a directory without checkpoints/best.pt; "
+                f"give a finished run directory or {fix}"
+            )
+    if not path.is_file():
+        raise FinetuneError(f"{key}={target}: no such file or run directory; give {fix}")
+    return path
+
+
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A model state dict from .safetensors, or from a .pt/.pth/.bin (plain or a checkpoint)."""
     if path.suffix == ".safetensors":
