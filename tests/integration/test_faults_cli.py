@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -235,7 +236,9 @@ def limited_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
 
 
-def train_with_small_disk(base: Path, *overrides: str) -> subprocess.CompletedProcess:
+def train_with_small_disk(
+    base: Path, *overrides: str, disk: Callable[[], None] | None = limited_file_size
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "train.py", *overrides],
         cwd=REPO_ROOT,
@@ -243,7 +246,7 @@ def train_with_small_disk(base: Path, *overrides: str) -> subprocess.CompletedPr
         capture_output=True,
         text=True,
         timeout=300,
-        preexec_fn=limited_file_size,
+        preexec_fn=disk,
     )
 
 
@@ -267,7 +270,14 @@ def test_a_full_disk_stops_the_run_with_the_previous_checkpoint_whole(one_saved_
     assert file_hash(last) == before
     assert load(last)["epoch"] == 1
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))  # no temporary file left
-    assert [row[0] for row in assert_whole_metrics(run_dir)] == ["1"]
+    # Epoch 2 ran and its row was written before its checkpoint failed: the record is true.
+    assert [row[0] for row in assert_whole_metrics(run_dir)] == ["1", "2"]
+
+    # With space again, a resume from epoch 1 redoes epoch 2 and trims its stale row.
+    again = train_with_small_disk(tmp_path, f"resume={run_dir}", "trainer.epochs=3", disk=None)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert summary(run_dir)["status"] == "completed"
+    assert [row[0] for row in assert_whole_metrics(run_dir)] == ["1", "2", "3"]
 
 
 def test_on_error_warn_trains_on_past_a_full_disk(one_saved_epoch, tmp_path):
