@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -116,6 +117,37 @@ def run_train(tmp_path: Path) -> Callable[..., TrainResult]:
 def train_in() -> Callable[..., TrainResult]:
     """`run_train_in(base, *overrides)`, for fixtures wider than one test (a shared run)."""
     return run_train_in
+
+
+# Processes (Linux /proc): what a train.py started, and what each one runs.
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 240) -> None:
+    """Wait until `path` exists; fail at once, with the output, if the process ended."""
+    deadline = time.time() + timeout_s
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (its data loader workers, W&B's service), all threads."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return sorted(found)
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
+def command_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 @pytest.fixture

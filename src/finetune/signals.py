@@ -1,8 +1,12 @@
 """Stopping cleanly on a signal: finish the step, save, record, exit.
 
-SIGTERM and SIGUSR1 are how clusters preempt a job (SLURM sends one before the kill); SIGINT
-is Ctrl-C. The first signal sets a flag that the loop checks after every step; a second
-SIGINT stops at once.
+SIGTERM, SIGUSR1 and SIGUSR2 are how clusters preempt a job or warn of its time limit (SLURM
+sends one before the kill; submitit asks SLURM for USR2); SIGINT is Ctrl-C. The first signal
+sets a flag that the loop checks after every step; a second SIGINT stops at once.
+
+A launcher may have its own handler for the signal: submitit's requeues the job on USR2. Ours
+replaces it only until the state is saved; then `hand_over` calls it, so the job is requeued
+with a last.pt from this step instead of being killed mid-step with one from the last epoch.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class RunStopped(Exception):
@@ -65,6 +69,17 @@ class StopRequest:
         return (
             self.stopped() if self.signum is not None else RunStopped("preempted", signal.SIGTERM)
         )
+
+    def hand_over(self, signum: int) -> None:
+        """Call the handler that was there before ours (a launcher's), now that last.pt is saved.
+
+        submitit's requeues the job and exits; Python's own (Ctrl-C's KeyboardInterrupt) and the
+        defaults (terminate, ignore) are not called: stopping is already done.
+        """
+        previous = self.previous.get(signum)
+        if callable(previous) and previous is not signal.default_int_handler:
+            log.info("Handing %s to the launcher's handler", signal.Signals(signum).name)
+            previous(signum, None)
 
     def close(self) -> None:
         for signum, handler in self.previous.items():

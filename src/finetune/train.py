@@ -66,6 +66,7 @@ def run(cfg: DictConfig) -> float:
         log.warning(
             "Run %s; last.pt is saved. Continue with: python train.py resume=%s", stopped, run_dir
         )
+        stop.hand_over(stopped.signum)  # submitit: requeue the job (it continues by resume=auto)
         raise SystemExit(stopped.exit_code) from None
     except BaseException as error:
         fault = explain(error, cfg)  # out of memory, a dead worker, ...: one line with the fix

@@ -16,13 +16,12 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, train_env
+from conftest import REPO_ROOT, children, command_of, descendants, train_env, wait_for
 from wandb_records import read_run
 
 from finetune import errors
@@ -80,14 +79,6 @@ def assert_finite(state: dict) -> None:
     assert not bad, f"non-finite weights in a checkpoint: {bad[:5]}"
 
 
-def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 240) -> None:
-    deadline = time.time() + timeout_s
-    while not path.exists():
-        assert process.poll() is None, process.communicate()[0][-3000:]
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
 def wait_for_line(process: subprocess.Popen, text: str) -> list[str]:
     """Read the process's output until a line holds `text`; the lines read so far."""
     lines = []
@@ -96,25 +87,6 @@ def wait_for_line(process: subprocess.Popen, text: str) -> list[str]:
         if text in line:
             return lines
     pytest.fail(f"no line with {text!r}:\n{''.join(lines)[-3000:]}")
-
-
-def children(pid: int) -> list[int]:
-    """The processes `pid` started (its data loader workers, W&B's service), all threads."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(child) for child in (task / "children").read_text().split()]
-    return sorted(found)
-
-
-def descendants(pid: int) -> list[int]:
-    found = []
-    for child in children(pid):
-        found += [child, *descendants(child)]
-    return found
-
-
-def command_of(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 def file_hash(path: Path) -> str:

@@ -7,11 +7,16 @@ before any job and are quick.
 from __future__ import annotations
 
 import csv
+import json
+import os
+import re
+import signal
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from conftest import TRAIN_TIMEOUT_S, command_of, descendants, wait_for
 
 TINY = (
     "model=test_resnet",
@@ -165,3 +170,34 @@ def test_launcher_jobs_share_one_sweep_dir(run_train, tmp_path: Path, launcher) 
     assert sorted(job_dirs(sweep)) == [0, 1]
     rows = read_summary(sweep)
     assert [(row["job"], row["status"]) for row in rows] == [("0", "completed"), ("1", "completed")]
+
+
+@pytest.mark.slow
+def test_submitit_requeues_a_signalled_job_which_resumes_and_finishes(start_train_here, tmp_path):
+    """USR2 is SLURM's time-limit warning to a submitit job (sent by hand here; submitit_local
+    requeues as it does on SLURM). The job saves last.pt at that step, hands the signal to
+    submitit, which requeues it, and the new attempt resumes (resume=auto) and finishes."""
+    sweep = tmp_path / "sweep"
+    process = start_train_here(
+        "-m", *TINY, "trainer.epochs=3", "trainer.limit_train_batches=40",
+        "hydra/launcher=submitit_local", "resume=auto",
+        f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    run_dir = sweep / "0"
+    wait_for(run_dir / "checkpoints/last.pt", process)  # epoch 1 is saved; epoch 2 runs
+    # The job's process, then its data loader workers (same command line): parents come first.
+    task = [pid for pid in descendants(process.pid) if "submitit.core._submit" in command_of(pid)]
+    os.kill(task[0], signal.SIGUSR2)
+    output, _ = process.communicate(timeout=TRAIN_TIMEOUT_S)
+
+    assert process.returncode == 0, output[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert "SIGUSR2 received" in log and "Handing SIGUSR2 to the launcher's handler" in log, log
+    submitit_logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
+    assert "Requeued job" in submitit_logs, submitit_logs[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    rows = list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    resumed = re.search(r"Resumed at epoch (\d+), step (\d+)", log)
+    assert resumed and int(resumed[2]) > int(rows[0]["step"]), log  # from the signal's step
+    assert [(row["job"], row["status"]) for row in read_summary(sweep)] == [("0", "completed")]
