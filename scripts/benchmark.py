@@ -117,7 +117,7 @@ def build_setup(cfg: DictConfig, log_dir: Path) -> Setup:
     if cfg.freeze.cache_features:
         loaders = feature_loaders(model, loaders, cfg, prep.as_dict(), device)
         trained = model.get_classifier()
-    net = maybe_compile(trained, cfg.trainer.compile)
+    net = maybe_compile(trained, cfg.trainer.compile, device)
     optimizer_cfg = {k: v for k, v in cfg.optimizer.items() if k != "backbone_lr_mult"}
     make_optimizer = instantiate(optimizer_cfg, _partial_=True, _convert_="all")
     groups = param_groups(

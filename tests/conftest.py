@@ -52,6 +52,7 @@ def train_env(base: Path, one_thread: bool = True) -> dict[str, str]:
         WANDB_MODE="offline",
         HF_HOME=str(base / "hf_home"),
         TORCH_HOME=str(base / "torch_home"),
+        TORCHINDUCTOR_CACHE_DIR=str(base / "inductor_cache"),  # trainer.compile's kernels
         PYTHONUNBUFFERED="1",
     )
     return env

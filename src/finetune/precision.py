@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -41,16 +42,47 @@ def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
     return None
 
 
-def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
-    """torch.compile the model, or warn and stay eager where compile cannot work."""
+def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> nn.Module:
+    """torch.compile the model, or warn (once) and stay eager where compile cannot work."""
     if not enabled:
         return model
-    try:
-        import torch._dynamo
+    reason = compile_unavailable(device)
+    if reason is None:
+        try:
+            return torch.compile(model)
+        except Exception as error:  # any other reason compile is unavailable: eager still trains
+            reason = str(error)
+    warn_eager(reason)
+    return model
 
-        if not torch._dynamo.is_dynamo_supported():
-            raise RuntimeError("TorchDynamo is not supported on this Python/platform")
-        return torch.compile(model)
-    except Exception as error:  # any reason compile is unavailable: eager still trains
-        log.warning("trainer.compile=true but torch.compile is unavailable (%s): eager mode", error)
-        return model
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile's default backend (inductor) cannot build kernels here, or None.
+
+    torch.compile is lazy: a missing compiler would surface at the first forward, as a long
+    traceback from inside the first step. So what inductor needs is checked before anything
+    trains: Dynamo support, Triton on CUDA, a C++ compiler on CPU.
+    """
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return "TorchDynamo is not supported on this Python or platform"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "Triton is not installed (pip install triton)"
+    elif device.type == "cpu":
+        from torch._inductor import cpp_builder
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except Exception:
+            return "no C++ compiler found (install g++, or set CXX)"
+    return None
+
+
+@functools.cache
+def warn_eager(reason: str) -> None:
+    """One warning per reason: a gradual thaw compiles again, and says nothing new."""
+    log.warning("trainer.compile=true but torch.compile is unavailable (%s): eager mode", reason)

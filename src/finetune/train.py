@@ -134,7 +134,7 @@ def train_and_test(
 
     def wrap(module: nn.Module) -> nn.Module:
         """compile, then DDP (again after a thaw, so DDP syncs the new parameters)."""
-        compiled = maybe_compile(module, cfg.trainer.compile)
+        compiled = maybe_compile(module, cfg.trainer.compile, device)
         return wrap_ddp(compiled, device, cfg.trainer.sync_batchnorm)
 
     net = wrap(trained)

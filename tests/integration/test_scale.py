@@ -61,10 +61,11 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["model_state_dict"]
 
 
-def assert_close_weights(a: Path, b: Path) -> None:
+def assert_close_weights(a: Path, b: Path, tolerance: float = 1e-5) -> None:
     wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
-    assert worst < 1e-5, f"largest weight difference {worst}"
+    assert worst < tolerance, f"largest weight difference {worst}"
 
 
 @pytest.mark.slow
@@ -141,6 +142,21 @@ def test_bf16_autocast_and_fp16_fallback_run_on_cpu(run_train, tmp_path):
     fp16 = run_train(*TINY, "trainer.epochs=1", "trainer.precision=16", run_dir=tmp_path / "f16")
     assert fp16.returncode == 0, fp16.output[-2000:]
     assert fp16.output.count("falls back") + fp16.output.count("using bf16") == 1
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_saves_plain_weights(run_train, tmp_path):
+    """trainer.compile=true on CPU, where inductor builds C++ kernels: the weights end as
+    eager's do, within float tolerance (fused kernels sum in another order), and checkpoints
+    hold the model's own names, without torch.compile's `_orig_mod.` prefix."""
+    short = (*EQUIVALENT, "data.batch_size=16", "trainer.limit_train_batches=3")
+    compiled = run_train(*short, "trainer.compile=true", run_dir=tmp_path / "compiled")
+    assert compiled.returncode == 0, compiled.output[-2000:]
+    assert "eager mode" not in compiled.output  # it really compiled
+    eager = run_train(*short, run_dir=tmp_path / "eager")
+    assert eager.returncode == 0, eager.output[-2000:]
+    assert not [k for k in weights(tmp_path / "compiled") if "_orig_mod" in k]
+    assert_close_weights(tmp_path / "compiled", tmp_path / "eager", tolerance=1e-4)
 
 
 @pytest.mark.slow
