@@ -1,8 +1,9 @@
-"""How much does this project's training loop cost over a bare PyTorch loop?
+"""How much does this project's training loop cost over a bare PyTorch loop, and each option?
 
     python scripts/benchmark.py                      # resnet18 and test_resnet on digits
     python scripts/benchmark.py --model test_resnet --steps 60 --repeats 7
     python scripts/benchmark.py --model resnet18 --batch-size 32 optimizer=sgd   # Hydra overrides
+    python scripts/benchmark.py --variants project bf16 chlast ema compile accum2 clip frozen cached
 
 Each variant trains the same model on the same data for the same number of steps, with the
 optimizer and scheduler built as `finetune.train.train_and_test` builds them from the real YAML
@@ -15,14 +16,18 @@ Torch runs one thread by default here, because the ratio is the point and machin
 on 2 busy cores, 2 intra-op threads ran 3-8x slower and varied 10x between runs, so ratios were
 noise (0.79 to 1.27); one thread varied 5%. `--threads 0` keeps torch's own choice.
 
-A new row (frozen backbone, feature cache, AMP, ...) is one more `Variant` in VARIANTS: a name,
-a loop function, and the Hydra overrides its setup needs.
+Each option row is "project" with one option on (bf16 autocast, channels_last, EMA,
+torch.compile, accumulation over 2 batches, gradient clipping, a frozen backbone, cached
+features): list "project" first and the ratio column is the option's on/off speed.
+A new row is one more `Variant` in ALL_VARIANTS: a name, a loop function, and the Hydra
+overrides its setup needs. After the table, scripts/time_to_first_step.py times start-up.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +53,9 @@ from finetune.precision import autocast_dtype, grad_scaler, maybe_compile
 from finetune.resolvers import register_resolvers
 from finetune.setup import check_config, pick_device, seed_everything
 from finetune.signals import StopRequest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # imported, not run, this is not set
+from time_to_first_step import startup_table  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -207,6 +215,10 @@ ALL_VARIANTS = {
         Variant("bf16", project_loop, ("trainer.precision=bf16",)),
         Variant("chlast", project_loop, ("trainer.channels_last=true",)),
         Variant("ema", project_loop, ("trainer.ema_decay=0.999",)),
+        # Compiled during the warm-up: only steps after compilation are timed.
+        Variant("compile", project_loop, ("trainer.compile=true",)),
+        Variant("accum2", project_loop, ("trainer.accumulate_grad_batches=2",)),
+        Variant("clip", project_loop, ("trainer.grad_clip=1.0",)),
     ]
 }
 VARIANTS = [ALL_VARIANTS["bare"], ALL_VARIANTS["project"]]
@@ -307,6 +319,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=sorted(ALL_VARIANTS),
         help="rows; ratios are to the first",
     )
+    parser.add_argument(
+        "--startup-runs",
+        type=int,
+        default=3,
+        help="runs of train.py timed to the first optimizer step (0: none)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. optimizer=sgd")
     args = parser.parse_args(argv)
     # `--model resnet18 optimizer=sgd`: the override lands in --model's list; move it.
@@ -337,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             [ALL_VARIANTS[name] for name in args.variants],
         )
         print(table_rows(model, rates), flush=True)
+    if args.startup_runs:
+        print()
+        print(startup_table(args.model, args.overrides, args.startup_runs, args.threads))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from finetune.resume import load_resume_state, trim_metrics_csv
 from finetune.rundir import read_summary, write_hparams, write_summary
 from finetune.setup import model_summary, pick_device, seed_everything
 from finetune.signals import RunStopped, StopRequest
+from finetune.startup import StartupClock
 from finetune.weights import load_exact, safe_torch_load
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def train_and_test(
     resumed: dict[str, Any] | None,
     stop: StopRequest,
 ) -> float:
+    clock = StartupClock("imports")  # python, torch, Hydra's config: all before this line
     check_config(cfg)
     rank = dist_info()
     device = rank_device(cfg.trainer.device, rank) or pick_device(cfg.trainer.device)
@@ -120,6 +122,7 @@ def train_and_test(
     splits = build_splits(cfg.data, cfg.seed)
     model, model_info = build_model(cfg.model, num_classes=len(splits.class_names))
     check_freeze(cfg.freeze, model_info.pretrained_loaded)
+    clock.mark("model")
     prep = resolve_preprocessing(model, cfg.data.image_size)
     loaders = build_loaders(cfg.data, splits, prep, cfg.seed, device, rank)
     model.to(device)
@@ -131,6 +134,7 @@ def train_and_test(
     if cfg.freeze.cache_features:
         loaders = feature_loaders(model, loaders, cfg, prep.as_dict(), device)
         trained = model.get_classifier()
+    clock.mark("data")
 
     def wrap(module: nn.Module) -> nn.Module:
         """compile, then DDP (again after a thaw, so DDP syncs the new parameters)."""
@@ -239,6 +243,8 @@ def train_and_test(
             checkpointer.save_last(checkpoint_state(loss, {}))
         barrier()
 
+    clock.mark("setup")
+    clock.stop_at_first_step(optimizer, summary)  # compile and the first batch count here
     while loop.epoch < cfg.trainer.epochs:
         epoch = loop.epoch + 1
         epoch_start = time.time()

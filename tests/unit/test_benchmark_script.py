@@ -42,6 +42,37 @@ def test_main_prints_the_table(capsys) -> None:  # noqa: ANN001 (pytest fixture)
     benchmark = load_script()
     # --threads 0: leave torch's thread count alone for the tests that follow in this process.
     args = "--model test_resnet --steps 2 --repeats 1 --warmup-steps 1 --batch-size 16 --threads 0"
-    benchmark.main(args.split())
+    benchmark.main([*args.split(), "--startup-runs", "0"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines[-2:]] == ["bare", "project"]
+
+
+def test_each_option_row_trains_with_its_option_on() -> None:
+    """Every option row (but compile, slow to build here) runs and gets a ratio to "project"."""
+    benchmark = load_script()
+    names = ["project", "bf16", "chlast", "ema", "accum2", "clip", "frozen"]
+    rates = benchmark.measure(
+        "test_resnet",
+        steps=2,
+        batch_size=16,
+        image_size=32,
+        repeats=1,
+        warmup_steps=2,  # a step of accum2 is 2 batches
+        overrides=["logger=csv"],
+        variants=[benchmark.ALL_VARIANTS[name] for name in names],
+    )
+    assert list(benchmark.ratios(rates)) == names
+    assert all(values[0] > 0 for values in rates.values())
+    overrides = benchmark.ALL_VARIANTS["accum2"].overrides
+    accum2 = benchmark.compose_config("test_resnet", 16, 32, overrides)
+    assert accum2.trainer.accumulate_grad_batches == 2
+
+
+def test_startup_table_times_a_real_run_to_its_first_step() -> None:
+    benchmark = load_script()
+    table = benchmark.startup_table(["test_resnet"], ["data.image_size=16"], runs=1).splitlines()
+    assert table[1].split() == ["model", "imports", "model", "data", "setup", "first_step", "total"]
+    name, *seconds = table[2].split()
+    phases, total = [float(s) for s in seconds[:-1]], float(seconds[-1])
+    assert name == "test_resnet" and min(phases) >= 0 and total > 0
+    assert abs(sum(phases) - total) < 0.06  # the phases add up to the whole (rounded to 0.01 s)

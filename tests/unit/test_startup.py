@@ -1,0 +1,38 @@
+"""Start-up timing: the process's age, phases that add up, one record at the first step."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from finetune.startup import StartupClock, process_age_s
+
+
+def test_process_age_counts_from_before_this_test_ran() -> None:
+    first = process_age_s()
+    time.sleep(0.05)
+    second = process_age_s()
+    assert first > 0.1  # pytest and torch were imported before: seconds, not zero
+    assert 0.03 < second - first < 1.0
+
+
+def test_the_first_optimizer_step_closes_the_clock_once(caplog) -> None:
+    clock = StartupClock("imports")
+    clock.mark("model")
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    summary: dict = {}
+    clock.stop_at_first_step(optimizer, summary)
+    assert "startup_s" not in summary  # nothing until a step
+
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            weight.sum().backward()
+            optimizer.step()
+    phases = summary["startup_s"]
+    assert list(phases) == ["imports", "model", "first_step", "total"]
+    assert abs(sum(v for k, v in phases.items() if k != "total") - phases["total"]) < 0.03
+    assert caplog.text.count("first optimizer step") == 1
+    assert not optimizer._optimizer_step_post_hooks  # the hook removed itself
