@@ -25,8 +25,25 @@ def autocast_dtype(precision: Any, device: torch.device) -> torch.dtype | None:
     dtype = DTYPES[key]
     if dtype is torch.float16 and device.type == "cpu":
         log.warning("trainer.precision=16 is not supported on CPU: using bf16 instead")
-        return torch.bfloat16
+        dtype = torch.bfloat16
+    if dtype is torch.bfloat16 and not native_bf16(device):
+        log.warning(
+            "trainer.precision=%s: this %s has no native bf16, so it is emulated and far slower "
+            "than fp32 (resnet18 on an AVX2 CPU: 43x, scripts/benchmark.py); "
+            "trainer.precision=32 is faster here",
+            precision,
+            device.type.upper(),
+        )
     return dtype
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 math runs in hardware: AVX512-BF16 or AMX on CPU, Ampere or later on CUDA."""
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return True  # other backends: no way to tell, no warning
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

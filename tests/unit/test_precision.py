@@ -53,3 +53,12 @@ def test_compile_wraps_the_model_where_inductor_can_build(monkeypatch) -> None:
     model = nn.Linear(2, 2)
     compiled = precision.maybe_compile(model, True, CPU)  # lazy: nothing compiles until a call
     assert compiled is not model and compiled._orig_mod is model
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_emulated_bf16_is_named_as_slower_than_fp32(monkeypatch, caplog, native) -> None:
+    monkeypatch.setattr(precision, "native_bf16", lambda device: native)
+    with caplog.at_level(logging.WARNING):
+        assert precision.autocast_dtype("bf16", CPU) is torch.bfloat16
+    assert ("no native bf16" in caplog.text) is not native
+    assert ("trainer.precision=32 is faster here" in caplog.text) is not native
