@@ -36,20 +36,14 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import DictConfig
-from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 
-from finetune.data import build_loaders, build_splits, resolve_preprocessing
-from finetune.features import check_cache_features, feature_loaders
-from finetune.freeze import Freezer, check_freeze
+from finetune.build import build_parts
+from finetune.distributed import dist_info
 from finetune.loggers import Loggers, build_loggers
-from finetune.loop import LoopState, Stepper, steps_in_epoch, train_one_epoch
-from finetune.models import build_model
-from finetune.optim import param_groups
-from finetune.precision import autocast_dtype, grad_scaler, maybe_compile
+from finetune.loop import LoopState, Stepper, train_one_epoch
 from finetune.resolvers import register_resolvers
 from finetune.setup import check_config, pick_device, seed_everything
 from finetune.signals import StopRequest
@@ -103,49 +97,14 @@ def compose_config(
 
 
 def build_setup(cfg: DictConfig, log_dir: Path) -> Setup:
-    """What `finetune.train.train_and_test` builds before its first epoch (one process, no DDP).
-
-    Keep in step with train_and_test: a benchmark of other objects measures nothing.
-    """
+    """What `finetune.train.train_and_test` builds before its first epoch (one process, no DDP):
+    the same `build_parts`, so the benchmark times the objects a run trains with."""
     check_config(cfg)
     device = pick_device(cfg.trainer.device)
     seed_everything(cfg.seed)
-    check_cache_features(cfg)
-    splits = build_splits(cfg.data, cfg.seed)
-    model, model_info = build_model(cfg.model, num_classes=len(splits.class_names))
-    check_freeze(cfg.freeze, model_info.pretrained_loaded)
-    prep = resolve_preprocessing(model, cfg.data.image_size)
-    loaders = build_loaders(cfg.data, splits, prep, cfg.seed, device)
-    model.to(device)
-    if cfg.trainer.channels_last:
-        model.to(memory_format=torch.channels_last)
-    freezer = Freezer(model, cfg.freeze)
-    freezer.apply(epoch=1)
-    trained = model
-    if cfg.freeze.cache_features:
-        loaders = feature_loaders(model, loaders, cfg, prep.as_dict(), device)
-        trained = model.get_classifier()
-    net = maybe_compile(trained, cfg.trainer.compile, device)
-    optimizer_cfg = {k: v for k, v in cfg.optimizer.items() if k != "backbone_lr_mult"}
-    make_optimizer = instantiate(optimizer_cfg, _partial_=True, _convert_="all")
-    groups = param_groups(
-        list(model.parameters()),
-        cfg.optimizer.weight_decay,
-        cfg.optimizer.lr,
-        freezer.backbone_parameters(),
-        cfg.freeze.backbone_lr_mult,
-    )
-    optimizer = make_optimizer(params=groups)
-    scheduler = instantiate(cfg.scheduler)(
-        optimizer,
-        steps_per_epoch=steps_in_epoch(loaders["train"], cfg.trainer),
-        epochs=cfg.trainer.epochs,
-    )
-    dtype = autocast_dtype(cfg.trainer.precision, device)
-    ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
-    stepper = Stepper(optimizer, scheduler, device, dtype, grad_scaler(device, dtype), ema, model)
+    parts = build_parts(cfg, device, dist_info())
     loggers = build_loggers(cfg, log_dir, is_main=True)
-    return Setup(cfg, net, loaders["train"], stepper, loggers)
+    return Setup(cfg, parts.net, parts.loaders["train"], parts.stepper, loggers)
 
 
 def bare_loop(s: Setup, steps: int) -> None:

@@ -15,25 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from timm.utils import ModelEmaV3
 from torch import nn
 
+from finetune.build import build_parts
 from finetune.checkpoint import FORMAT_VERSION, Checkpointer, model_state, rng_state, set_rng_state
 from finetune.checks import check_config
-from finetune.data import build_loaders, build_splits, resolve_preprocessing
-from finetune.distributed import barrier, broadcast_from_main, dist_info, rank_device, wrap_ddp
+from finetune.distributed import barrier, broadcast_from_main, dist_info, rank_device
 from finetune.errors import WriteFailed, one_line
 from finetune.faults import explain, fault_counts, status_of
-from finetune.features import check_cache_features, feature_loaders
-from finetune.freeze import Freezer, check_freeze
 from finetune.loggers import build_loggers
-from finetune.loop import LoopState, Stepper, evaluate, steps_in_epoch, train_one_epoch
+from finetune.loop import LoopState, Stepper, evaluate, train_one_epoch
 from finetune.metrics import build_metrics
-from finetune.models import build_model, count_parameters
-from finetune.optim import add_param_groups, param_groups
-from finetune.precision import autocast_dtype, grad_scaler, maybe_compile
+from finetune.models import count_parameters
+from finetune.optim import add_param_groups
 from finetune.progress import log_to_file_only
 from finetune.pruning import report as report_to_sweeper
 from finetune.resume import load_resume_state, trim_metrics_csv
@@ -118,49 +113,10 @@ def train_and_test(
     seed_everything(cfg.seed)
     torch.autograd.set_detect_anomaly(cfg.trainer.detect_anomaly)  # the op that made a NaN
 
-    check_cache_features(cfg)
-    splits = build_splits(cfg.data, cfg.seed)
-    model, model_info = build_model(cfg.model, num_classes=len(splits.class_names))
-    check_freeze(cfg.freeze, model_info.pretrained_loaded)
-    clock.mark("model")
-    prep = resolve_preprocessing(model, cfg.data.image_size)
-    loaders = build_loaders(cfg.data, splits, prep, cfg.seed, device, rank)
-    model.to(device)
-    if cfg.trainer.channels_last:
-        model.to(memory_format=torch.channels_last)
-    freezer = Freezer(model, cfg.freeze)  # before the optimizer, compile and DDP see the model
-    freezer.apply(epoch=1)
-    trained = model  # what the loop trains: the model, or its head alone on cached features
-    if cfg.freeze.cache_features:
-        loaders = feature_loaders(model, loaders, cfg, prep.as_dict(), device)
-        trained = model.get_classifier()
-    clock.mark("data")
-
-    def wrap(module: nn.Module) -> nn.Module:
-        """compile, then DDP (again after a thaw, so DDP syncs the new parameters)."""
-        compiled = maybe_compile(module, cfg.trainer.compile, device)
-        return wrap_ddp(compiled, device, cfg.trainer.sync_batchnorm)
-
-    net = wrap(trained)
-
-    # Parameter groups hold tensors, which Hydra cannot pass through a config: call a partial.
-    optimizer_cfg = {k: v for k, v in cfg.optimizer.items() if k != "backbone_lr_mult"}
-    make_optimizer = instantiate(optimizer_cfg, _partial_=True, _convert_="all")
-
-    def trainable_groups(params: list[nn.Parameter]) -> list[dict[str, Any]]:
-        return param_groups(
-            params,
-            cfg.optimizer.weight_decay,
-            cfg.optimizer.lr,
-            freezer.backbone_parameters(),
-            cfg.freeze.backbone_lr_mult,
-        )
-
-    optimizer = make_optimizer(params=trainable_groups(list(model.parameters())))
-    steps_per_epoch = steps_in_epoch(loaders["train"], cfg.trainer)
-    scheduler = instantiate(cfg.scheduler)(
-        optimizer, steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs
-    )
+    parts = build_parts(cfg, device, rank, clock)
+    model, splits, prep, loaders = parts.model, parts.splits, parts.prep, parts.loaders
+    net, freezer, stepper = parts.net, parts.freezer, parts.stepper
+    optimizer, scheduler, ema = stepper.optimizer, stepper.scheduler, stepper.ema
     metrics = build_metrics(len(splits.class_names)).to(device)
     checkpointer = Checkpointer(
         run_dir / cfg.checkpoint.dirname,
@@ -170,15 +126,12 @@ def train_and_test(
         cfg.checkpoint.save_safetensors,
         cfg.checkpoint.on_error,
     )
-    dtype = autocast_dtype(cfg.trainer.precision, device)
-    ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
-    stepper = Stepper(optimizer, scheduler, device, dtype, grad_scaler(device, dtype), ema, model)
     loop = LoopState()
     if resumed is not None:
         loop = LoopState(**resumed["loop"])
         # Thaw as the saved run had by then, so the optimizer has the same groups.
         for epoch in range(2, loop.epoch + 1 + (loop.step_in_epoch > 0)):
-            add_param_groups(optimizer, scheduler, trainable_groups(freezer.apply(epoch)))
+            add_param_groups(optimizer, scheduler, parts.trainable_groups(freezer.apply(epoch)))
         restore(resumed, model, stepper, checkpointer)
         trim_metrics_csv(run_dir / "metrics.csv", loop.epoch)
         summary["wall_time_s_before"] = summary.get("wall_time_s", 0)
@@ -195,7 +148,7 @@ def train_and_test(
         facts = {
             "device": str(device),
             "world_size": rank.world_size,
-            "model": asdict(model_info),
+            "model": asdict(parts.model_info),
             "parameters": params,
             "preprocessing": prep.as_dict(),
             "classes": splits.class_names,
@@ -204,11 +157,11 @@ def train_and_test(
         }
         write_hparams(run_dir, cfg, facts)
         log_to_file_only(model_summary(model, prep.image_size, device))
-    summary.update(pretrained=model_info.pretrained_source, classes=splits.class_names)
+    summary.update(pretrained=parts.model_info.pretrained_source, classes=splits.class_names)
     log.info(
         "%s (%s) on %s: %d classes, %s parameters (%s trainable); %d train images",
         cfg.model.name,
-        model_info.pretrained_source,
+        parts.model_info.pretrained_source,
         device,
         len(splits.class_names),
         f"{params['total']:,}",
@@ -250,8 +203,8 @@ def train_and_test(
         epoch_start = time.time()
         thawed = freezer.apply(epoch)  # gradual: the backbone joins the optimizer
         if thawed:
-            add_param_groups(optimizer, scheduler, trainable_groups(thawed))
-            net = wrap(trained)
+            add_param_groups(optimizer, scheduler, parts.trainable_groups(thawed))
+            net = parts.wrap(parts.trained)
         train_loss, images_per_s = train_one_epoch(
             net, loaders["train"], stepper, loggers, cfg, loop, stop, save_mid_epoch
         )
@@ -269,7 +222,7 @@ def train_and_test(
             "val",
             cfg.trainer.limit_val_batches,
             samples,
-            dtype,
+            stepper.dtype,
         )
         if ema is not None:  # the EMA weights, judged beside the raw ones
             ema_net = ema.module if net is model else ema.module.get_classifier()
@@ -281,7 +234,7 @@ def train_and_test(
                 "val",
                 cfg.trainer.limit_val_batches,
                 None,
-                dtype,
+                stepper.dtype,
             )
             val.update({k.replace("val/", "val_ema/"): v for k, v in ema_val.items()})
         loop.epoch, loop.step_in_epoch, loop.epoch_loss_sum = epoch, 0, 0.0
@@ -329,7 +282,7 @@ def train_and_test(
     if best_path is None:  # every save failed, under checkpoint.on_error=warn
         raise WriteFailed("no checkpoint could be saved in this run; free disk space, run again")
     load_exact(model, safe_torch_load(Path(best_path))["model_state_dict"], best_path)
-    test = evaluate(net, loaders["test"], metrics, device, "test", None, None, dtype)
+    test = evaluate(net, loaders["test"], metrics, device, "test", None, None, stepper.dtype)
     loggers.log_metrics(test, loop.global_step)
     best_score = float(broadcast_from_main(checkpointer.best["score"]))
     final = {k: v for k, v in summary["final"].items() if k.startswith(("train/", "val/"))}
