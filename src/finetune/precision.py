@@ -40,7 +40,10 @@ def autocast_dtype(precision: Any, device: torch.device) -> torch.dtype | None:
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 math runs in hardware: AVX512-BF16 or AMX on CPU, Ampere or later on CUDA."""
     if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a build without oneDNN: no way to tell
+            return True
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     return True  # other backends: no way to tell, no warning
