@@ -120,3 +120,12 @@ def rank_device(name: str, info: DistInfo) -> torch.device | None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def quiet_other_ranks() -> None:
+    """Ranks other than 0 write no train.log and print warnings only: one voice per run."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+    root.setLevel(logging.WARNING)

@@ -13,11 +13,17 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.errors import FinetuneError
+
+if TYPE_CHECKING:  # resume_argv runs before torch is imported; these are for the types only
+    from torch import nn
+
+    from finetune.checkpoint import Checkpointer
+    from finetune.loop import Stepper
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +159,22 @@ def trim_metrics_csv(path: Path, last_epoch: int) -> None:
     buffer = StringIO()
     csv.writer(buffer).writerows(kept)
     atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode()))
+
+
+def restore(
+    state: dict[str, Any], model: nn.Module, stepper: Stepper, checkpointer: Checkpointer
+) -> None:
+    """Load a checkpoint's full state; the next step is the one the saved run would take."""
+    from finetune.checkpoint import set_rng_state  # torch: not before a run starts
+    from finetune.weights import load_exact
+
+    load_exact(model, state["model_state_dict"], "the resumed checkpoint")
+    stepper.optimizer.load_state_dict(state["optimizer_state_dict"])
+    stepper.scheduler.load_state_dict(state["scheduler"])
+    if stepper.scaler is not None and state["scaler"] is not None:
+        stepper.scaler.load_state_dict(state["scaler"])
+    if stepper.ema is not None and state["ema_state_dict"] is not None:
+        load_exact(stepper.ema.module, state["ema_state_dict"], "the resumed EMA weights")
+    checkpointer.restore(state)
+    set_rng_state(state["rng"])
+    log.info("Resumed at epoch %d, step %d", state["loop"]["epoch"], state["global_step"])

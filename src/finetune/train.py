@@ -16,22 +16,27 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from finetune.build import build_parts
-from finetune.checkpoint import FORMAT_VERSION, Checkpointer, model_state, rng_state, set_rng_state
+from finetune.checkpoint import FORMAT_VERSION, Checkpointer, model_state, rng_state
 from finetune.checks import check_config
-from finetune.distributed import barrier, broadcast_from_main, dist_info, rank_device
+from finetune.distributed import (
+    barrier,
+    broadcast_from_main,
+    dist_info,
+    quiet_other_ranks,
+    rank_device,
+)
 from finetune.errors import WriteFailed, one_line
 from finetune.faults import explain, fault_counts, status_of
-from finetune.loggers import build_loggers
-from finetune.loop import LoopState, Stepper, evaluate, train_one_epoch
+from finetune.loggers import build_loggers, flat_hparams
+from finetune.loop import LoopState, evaluate, train_one_epoch
 from finetune.metrics import build_metrics
 from finetune.models import count_parameters
 from finetune.optim import add_param_groups
 from finetune.progress import log_to_file_only
 from finetune.pruning import report as report_to_sweeper
-from finetune.resume import load_resume_state, trim_metrics_csv
+from finetune.resume import load_resume_state, restore, trim_metrics_csv
 from finetune.rundir import read_summary, write_hparams, write_summary
 from finetune.setup import model_summary, pick_device, seed_everything
 from finetune.signals import RunStopped, StopRequest
@@ -296,47 +301,5 @@ def train_and_test(
     return best_score
 
 
-def restore(
-    state: dict[str, Any], model: nn.Module, stepper: Stepper, checkpointer: Checkpointer
-) -> None:
-    """Load a checkpoint's full state; the next step is the one the saved run would take."""
-    load_exact(model, state["model_state_dict"], "the resumed checkpoint")
-    stepper.optimizer.load_state_dict(state["optimizer_state_dict"])
-    stepper.scheduler.load_state_dict(state["scheduler"])
-    if stepper.scaler is not None and state["scaler"] is not None:
-        stepper.scaler.load_state_dict(state["scaler"])
-    if stepper.ema is not None and state["ema_state_dict"] is not None:
-        load_exact(stepper.ema.module, state["ema_state_dict"], "the resumed EMA weights")
-    checkpointer.restore(state)
-    set_rng_state(state["rng"])
-    log.info("Resumed at epoch %d, step %d", state["loop"]["epoch"], state["global_step"])
-
-
-def quiet_other_ranks() -> None:
-    """Ranks other than 0 write no train.log and print warnings only: one voice per run."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler):
-            root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
-
-
 def format_metrics(metrics: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-
-
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The hyper-parameters a sweep compares, flattened for TensorBoard's HParams tab."""
-    return {
-        "model": cfg.model.name,
-        "pretrained": str(cfg.model.pretrained),
-        "data": cfg.data.name,
-        "batch_size": cfg.data.batch_size,
-        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
-        "lr": cfg.optimizer.lr,
-        "weight_decay": cfg.optimizer.weight_decay,
-        "scheduler": cfg.scheduler._target_.rsplit(".", 1)[-1],
-        "epochs": cfg.trainer.epochs,
-        "freeze": cfg.freeze.policy,
-        "seed": cfg.seed,
-    }

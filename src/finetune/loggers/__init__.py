@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -94,3 +95,20 @@ def check_writable(run_dir: Path) -> None:
             f"cannot write to the run directory {run_dir} ({error.strerror or error}); "
             "fix its permissions or choose another with hydra.run.dir=DIR"
         ) from None
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The hyper-parameters a sweep compares, flattened for TensorBoard's HParams tab."""
+    return {
+        "model": cfg.model.name,
+        "pretrained": str(cfg.model.pretrained),
+        "data": cfg.data.name,
+        "batch_size": cfg.data.batch_size,
+        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
+        "lr": cfg.optimizer.lr,
+        "weight_decay": cfg.optimizer.weight_decay,
+        "scheduler": cfg.scheduler._target_.rsplit(".", 1)[-1],
+        "epochs": cfg.trainer.epochs,
+        "freeze": cfg.freeze.policy,
+        "seed": cfg.seed,
+    }
