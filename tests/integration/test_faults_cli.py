@@ -272,17 +272,18 @@ def test_on_error_warn_trains_on_past_a_full_disk(one_saved_epoch, tmp_path):
 # 5. A data loader worker dies ------------------------------------------------------------
 
 
+# Images read by two worker processes, for long enough to meet trouble mid-run.
+LONG_FOLDER_RUN = (
+    "data=image_folder",
+    "data.batch_size=4",
+    "data.num_workers=2",
+    "trainer.epochs=50",
+)
+
+
 def test_a_killed_worker_is_named_with_its_sample(start_train_here, image_tree, tmp_path):
     run_dir = tmp_path / "run"
-    process = start_train_here(
-        *TINY,
-        "data=image_folder",
-        f"data.root={image_tree}",
-        "data.batch_size=4",
-        "data.num_workers=2",
-        "trainer.epochs=50",
-        run_dir=run_dir,
-    )
+    process = start_train_here(*TINY, *LONG_FOLDER_RUN, f"data.root={image_tree}", run_dir=run_dir)
     wait_for(run_dir / "checkpoints/last.pt", process)
     workers = [pid for pid in children(process.pid) if "train.py" in command_of(pid)]
     assert len(workers) >= 2, workers
@@ -311,15 +312,7 @@ def test_a_corrupted_image_stops_the_run_naming_the_file(start_train_here, image
     """The file is damaged while the run is going: the next epoch meets it."""
     run_dir = tmp_path / "run"
     broken = image_tree / "train" / "b" / "3.png"
-    process = start_train_here(
-        *TINY,
-        "data=image_folder",
-        f"data.root={image_tree}",
-        "data.batch_size=4",
-        "data.num_workers=2",
-        "trainer.epochs=50",
-        run_dir=run_dir,
-    )
+    process = start_train_here(*TINY, *LONG_FOLDER_RUN, f"data.root={image_tree}", run_dir=run_dir)
     wait_for(run_dir / "checkpoints/last.pt", process)
     truncate(broken)
     output, _ = process.communicate(timeout=240)
