@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from omegaconf import DictConfig
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
@@ -24,6 +25,21 @@ CONF_DIR = REPO_ROOT / "conf"
 # A tiny run takes ~10 s here, but minutes on a 2-core machine shared with other jobs; the
 # limit stays under pytest-timeout's 600 s so a stuck run fails with its output shown.
 TRAIN_TIMEOUT_S = 540
+
+
+def compose_train(tmp_path: Path, *overrides: str, hydra_config: bool = False) -> DictConfig:
+    """Compose conf/train.yaml as train.py would, with the log and data paths in tmp_path."""
+    from hydra import compose, initialize_config_dir
+
+    from finetune.resolvers import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            config_name="train",
+            overrides=[f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path}", *overrides],
+            return_hydra_config=hydra_config,
+        )
 
 
 class TrainResult(NamedTuple):

@@ -8,10 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_train
 from omegaconf import DictConfig, OmegaConf
-
-from finetune.resolvers import register_resolvers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
@@ -30,17 +28,6 @@ def group_options() -> list[tuple[str, str]]:
         for path in CONF_DIR.glob("*/*.yaml")
         if path.parent.name not in SPECIAL_GROUPS
     )
-
-
-def compose_train(tmp_path: Path, *overrides: str, hydra_config: bool = False) -> DictConfig:
-    """Compose conf/train.yaml as train.py would, with every path pointing into tmp_path."""
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(
-            config_name="train",
-            overrides=[f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path}", *overrides],
-            return_hydra_config=hydra_config,
-        )
 
 
 def resolve_all_but_paths(cfg: DictConfig) -> dict:

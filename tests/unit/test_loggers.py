@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_train
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from finetune.errors import FinetuneError
 from finetune.loggers import CSVLogger, Loggers, build_loggers
 from finetune.loggers.tensorboard_logger import TensorBoardLogger
-from finetune.resolvers import register_resolvers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["zero", "one", "two", "three"]
@@ -26,18 +25,8 @@ CLASSES = ["zero", "one", "two", "three"]
 
 def compose_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
     """conf/train.yaml as train.py composes it, every path inside tmp_path."""
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose(
-            config_name="train",
-            overrides=[
-                f"paths.log_dir={tmp_path}",
-                f"paths.data_dir={tmp_path}",
-                f"paths.output_dir={tmp_path / 'run'}",
-                "model=test_resnet",
-                *overrides,
-            ],
-        )
+    run_dir = f"paths.output_dir={tmp_path / 'run'}"
+    return compose_train(tmp_path, run_dir, "model=test_resnet", *overrides)
 
 
 def backend_names(loggers: Loggers) -> list[str]:

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_train
 from omegaconf import DictConfig
 from wandb_records import read_run
 
 from finetune.loggers import build_loggers
 from finetune.loggers import wandb_logger as module
 from finetune.predictions import Predictions
-from finetune.resolvers import register_resolvers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,18 +28,9 @@ def no_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def compose_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose(
-            config_name="train",
-            overrides=[
-                f"paths.log_dir={tmp_path}",
-                f"paths.output_dir={tmp_path / 'run'}",
-                "model=test_resnet",
-                "logger=wandb",
-                *overrides,
-            ],
-        )
+    """conf/train.yaml as train.py composes it, every path inside tmp_path."""
+    run_dir = f"paths.output_dir={tmp_path / 'run'}"
+    return compose_train(tmp_path, run_dir, "model=test_resnet", "logger=wandb", *overrides)
 
 
 def predictions() -> Predictions:
