@@ -10,8 +10,8 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> dict:
-    from finetune.errors import exit_on_user_error
-    from finetune.evaluation import evaluate_checkpoint
+    from finetune.engine.evaluation import evaluate_checkpoint
+    from finetune.safety.errors import exit_on_user_error
 
     with exit_on_user_error():
         return evaluate_checkpoint(cfg)

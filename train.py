@@ -5,12 +5,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from finetune.checks import check_config
-from finetune.distributed_env import launched_by_torchrun
-from finetune.errors import exit_on_user_error
+from finetune.engine.distributed_env import launched_by_torchrun
+from finetune.engine.resume import resume_argv
 from finetune.resolvers import register_resolvers
-from finetune.resume import resume_argv
-from finetune.runlock import hold_run_dir_lock, lock_run_dir
+from finetune.safety.checks import check_config
+from finetune.safety.errors import exit_on_user_error
+from finetune.safety.runlock import hold_run_dir_lock, lock_run_dir
 
 register_resolvers()
 
@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> float:
         lock_run_dir(cfg.paths.output_dir),
     ):
         check_config(cfg)  # a bad value is refused before torch and timm are imported
-        from finetune.train import run
+        from finetune.engine.run import run
 
         return run(cfg)
 
@@ -39,7 +39,7 @@ if __name__ == "__main__":
         hold_run_dir_lock(sys.argv)  # before Hydra writes .hydra/ and train.log there
     if launched_by_torchrun():
         # Join the process group first, so rank 0 can choose the one run directory for all.
-        from finetune.distributed import cleanup, init_distributed
+        from finetune.engine.distributed import cleanup, init_distributed
 
         init_distributed()
         try:

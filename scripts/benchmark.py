@@ -6,8 +6,8 @@
     python scripts/benchmark.py --variants project bf16 chlast ema compile accum2 clip frozen cached
 
 Each variant trains the same model on the same data for the same number of steps, with the
-optimizer and scheduler built as `finetune.train.train_and_test` builds them from the real YAML
-defaults. "bare" is a hand-written loop; "project" is `finetune.loop.train_one_epoch` with its
+optimizer and scheduler built as a run builds them from the real YAML
+defaults. "bare" is a hand-written loop; "project" is engine/loop.py `train_one_epoch` with its
 loggers on (CSV and TensorBoard, into a temporary directory). After a warm-up, the variants run
 in alternating order (ABBA...) so that drift from other processes on the machine cancels, and
 the table shows the median images/s of each and its ratio to the first variant.
@@ -40,13 +40,13 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from finetune.build import build_parts
-from finetune.distributed import dist_info
-from finetune.loggers import Loggers, build_loggers
-from finetune.loop import LoopState, Stepper, train_one_epoch
+from finetune.engine.build import build_parts
+from finetune.engine.distributed import dist_info
+from finetune.engine.loop import LoopState, Stepper, train_one_epoch
+from finetune.engine.setup import check_config, pick_device, seed_everything
+from finetune.records.loggers import Loggers, build_loggers
 from finetune.resolvers import register_resolvers
-from finetune.setup import check_config, pick_device, seed_everything
-from finetune.signals import StopRequest
+from finetune.safety.signals import StopRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # imported, not run, this is not set
 from time_to_first_step import startup_table  # noqa: E402
@@ -97,7 +97,7 @@ def compose_config(
 
 
 def build_setup(cfg: DictConfig, log_dir: Path) -> Setup:
-    """What `finetune.train.train_and_test` builds before its first epoch (one process, no DDP):
+    """What a run builds before its first epoch (one process, no DDP):
     the same `build_parts`, so the benchmark times the objects a run trains with."""
     check_config(cfg)
     device = pick_device(cfg.trainer.device)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from finetune.evaluation import checkpoint_path, model_from_checkpoint
-from finetune.weights import safe_torch_load
+from finetune.engine.evaluation import checkpoint_path, model_from_checkpoint
+from finetune.models.weights import safe_torch_load
 
 FORMATS = ("torchscript", "export", "onnx")
 

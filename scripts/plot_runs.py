@@ -7,7 +7,7 @@
 A run is a directory with metrics.csv; a directory without one is searched for jobs that have
 it. Each line is labelled by the run's overrides (.hydra/overrides.yaml), less those all runs
 share. The metric defaults to the first run's `monitor`. Every run draws its own curves.png
-at its end with the same code (finetune/curves.py).
+at its end with the same code (finetune/records/curves.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from finetune.curves import plot_runs
-from finetune.errors import EXIT_BAD_INPUT, FinetuneError
+from finetune.records.curves import plot_runs
+from finetune.safety.errors import EXIT_BAD_INPUT, FinetuneError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@
 
 Each run is a real `python train.py` (one epoch of one batch, then validation and test on a
 batch, CSV logs only) in a temporary directory; the run measures its own start-up
-(finetune.startup) into summary.json, and the table shows the median of each phase:
+(finetune.engine.startup) into summary.json, and the table shows the median of each phase:
 imports (the interpreter, torch, timm, Hydra's config), model (build, weights), data
 (splits, loaders, a feature cache), setup (optimizer, compile wrapper, loggers) and
 first_step (the first batch, forward and backward; torch.compile compiles here).

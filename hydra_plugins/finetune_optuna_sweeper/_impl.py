@@ -5,7 +5,7 @@ joblib, submitit) as ordinary overrides, and told back its outcome: the value th
 or failed (an exception, a NaN) or pruned -- never fatal to the search. The study lives in
 `storage`, so the same command again adds `n_trials` to it and several processes can share it.
 
-With a pruner, each job gets its trial through `hydra.job.env_set` (finetune/pruning.py reads
+With a pruner, each job gets its trial through `hydra.job.env_set` (sweep/pruning.py reads
 it and reports every epoch's monitored value), so pruning works with any launcher that can reach
 the storage.
 """
@@ -42,7 +42,7 @@ from optuna.distributions import (
 from optuna.trial import Trial, TrialState
 from sqlalchemy.engine import make_url
 
-from finetune.pruning import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
+from finetune.sweep.pruning import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class OptunaSweeperImpl(Sweeper):
         return instantiate(self.sampler, seed=seed + earlier_trials)
 
     def env_overrides(self, study: optuna.Study, trial: Trial) -> list[str]:
-        """With a pruner: where the job reports its epochs (read by finetune.pruning.report)."""
+        """With a pruner: where the job reports its epochs (sweep/pruning.py reads it)."""
         if not self.pruner:
             return []
         env = {

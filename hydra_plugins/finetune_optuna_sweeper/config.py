@@ -60,7 +60,7 @@ class OptunaSweeperConf:
         default_factory=lambda: ["_self_", {"sampler": "tpe"}, {"pruner": None}]
     )
     sampler: Any = MISSING
-    # null: no pruning; set, jobs report each epoch's value (finetune/pruning.py).
+    # null: no pruning; set, jobs report each epoch's value (sweep/pruning.py).
     pruner: Any = None
     # maximize or minimize (max and min are accepted).
     direction: str = "minimize"

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name == "load_model":
-        from finetune.inference import load_model
+        from finetune.engine.inference import load_model
 
         return load_model
     raise AttributeError(f"module 'finetune' has no attribute {name!r}")

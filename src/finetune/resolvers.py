@@ -21,7 +21,7 @@ def unique_dir(base: str) -> str:
     if base in _reserved_dirs:
         return _reserved_dirs[base]
     if "torch.distributed" in sys.modules:  # under torchrun: rank 0 picks, every rank agrees
-        from finetune.distributed import broadcast_from_main, dist_info
+        from finetune.engine.distributed import broadcast_from_main, dist_info
 
         chosen = reserve(base) if dist_info().is_main else None
         _reserved_dirs[base] = str(broadcast_from_main(chosen))

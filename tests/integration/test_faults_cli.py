@@ -24,7 +24,7 @@ import torch
 from conftest import REPO_ROOT, children, command_of, descendants, train_env, wait_for
 from wandb_records import read_run
 
-from finetune import errors
+from finetune.safety import errors
 
 pytestmark = pytest.mark.slow
 

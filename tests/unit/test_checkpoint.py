@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from finetune.checkpoint import (
+from finetune.engine.checkpoint import (
     Checkpointer,
     TopK,
     atomic_write,
@@ -17,7 +17,7 @@ from finetune.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from finetune.errors import FinetuneError
+from finetune.safety.errors import FinetuneError
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:

@@ -175,7 +175,7 @@ def test_help_lists_groups_and_options() -> None:
 
 def test_package_import_is_cheap() -> None:
     code = (
-        "import sys, finetune, finetune.resolvers, finetune.errors; "
+        "import sys, finetune, finetune.resolvers, finetune.safety.errors; "
         "heavy = {'torch', 'timm', 'torchvision'} & set(sys.modules); "
         "print(sorted(heavy)); sys.exit(1 if heavy else 0)"
     )

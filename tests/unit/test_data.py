@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune.data import build_splits
 from finetune.data.splits import select_classes
-from finetune.errors import FinetuneError
+from finetune.safety.errors import FinetuneError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DIGITS_PER_CLASS = Counter(

@@ -12,11 +12,11 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from finetune.checkpoint import Checkpointer
 from finetune.data.folders import ImageFiles, collate_readable, skipped_images
 from finetune.data.splits import Splits
 from finetune.data.tracking import TrackedDataset
-from finetune.errors import (
+from finetune.engine.checkpoint import Checkpointer
+from finetune.safety.errors import (
     DataFault,
     Diverged,
     FinetuneError,
@@ -24,7 +24,7 @@ from finetune.errors import (
     WriteFailed,
     exit_on_user_error,
 )
-from finetune.faults import NonFiniteWatch, explain, status_of
+from finetune.safety.faults import NonFiniteWatch, explain, status_of
 
 CFG = OmegaConf.create({"data": {"batch_size": 48, "image_size": 224, "num_workers": 3}})
 

@@ -8,9 +8,9 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from finetune.errors import FinetuneError
-from finetune.features import check_cache_features, feature_loaders
-from finetune.freeze import Freezer
+from finetune.models.features import check_cache_features, feature_loaders
+from finetune.models.freeze import Freezer
+from finetune.safety.errors import FinetuneError
 
 
 def config(tmp_path, **freeze):

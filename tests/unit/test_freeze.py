@@ -8,10 +8,10 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from finetune.errors import FinetuneError
-from finetune.freeze import Freezer, backbone_stages, check_freeze, frozen_stage_count
-from finetune.optim import add_param_groups, param_groups
-from finetune.schedulers import cosine_with_warmup
+from finetune.engine.optim import add_param_groups, param_groups
+from finetune.engine.schedulers import cosine_with_warmup
+from finetune.models.freeze import Freezer, backbone_stages, check_freeze, frozen_stage_count
+from finetune.safety.errors import FinetuneError
 
 
 def freeze_cfg(policy: str, **extra) -> OmegaConf:

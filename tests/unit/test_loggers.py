@@ -15,9 +15,9 @@ from conftest import compose_train
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from finetune.errors import FinetuneError
-from finetune.loggers import CSVLogger, Loggers, build_loggers
-from finetune.loggers.tensorboard_logger import TensorBoardLogger
+from finetune.records.loggers import CSVLogger, Loggers, build_loggers
+from finetune.records.loggers.tensorboard_logger import TensorBoardLogger
+from finetune.safety.errors import FinetuneError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["zero", "one", "two", "three"]
@@ -57,7 +57,7 @@ IMPORTS_PROBE = """
 import sys
 from pathlib import Path
 from hydra import compose, initialize_config_dir
-from finetune.loggers import build_loggers
+from finetune.records.loggers import build_loggers
 from finetune.resolvers import register_resolvers
 register_resolvers()
 tmp = Path({tmp!r})
@@ -163,7 +163,7 @@ def fake_epochs(loggers: Loggers, epochs: int) -> torch.nn.Module:
     from torchmetrics import MetricCollection
     from torchmetrics.classification import MulticlassAccuracy
 
-    from finetune.train import evaluate
+    from finetune.engine.run import evaluate
 
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", num_classes=len(CLASSES))

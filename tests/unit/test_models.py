@@ -10,9 +10,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
-from finetune import models
-from finetune.errors import FinetuneError
-from finetune.models import build_model, count_parameters
+from finetune.models import factory as models
+from finetune.models.factory import build_model, count_parameters
+from finetune.safety.errors import FinetuneError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 

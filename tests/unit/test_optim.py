@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from finetune.optim import param_groups
+from finetune.engine.optim import param_groups
 
 
 def ids(params) -> set[int]:

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from finetune import pruning
+from finetune.sweep import pruning
 from hydra_plugins.finetune_optuna_sweeper._impl import (
     OptunaSweeperImpl,
     distribution,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from finetune import precision
-from finetune.errors import FinetuneError
+from finetune.engine import precision
+from finetune.safety.errors import FinetuneError
 
 CPU = torch.device("cpu")
 

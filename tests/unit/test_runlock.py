@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from finetune.errors import RunDirInUse
-from finetune.runlock import LOCK_NAME, lock_run_dir, run_dir_in_argv
+from finetune.safety.errors import RunDirInUse
+from finetune.safety.runlock import LOCK_NAME, lock_run_dir, run_dir_in_argv
 
 # A process that takes the lock, prints "held <child pid or 0>" and waits; with "fork" it
 # first forks a child that prints "child" once running (its fork hooks done) and sleeps on.
 HOLDER = textwrap.dedent(
     """
     import os, sys, time
-    from finetune.runlock import lock_run_dir
+    from finetune.safety.runlock import lock_run_dir
     with lock_run_dir(sys.argv[1]):
         child = os.fork() if sys.argv[2] == "fork" else 0
         if sys.argv[2] == "fork" and child == 0:

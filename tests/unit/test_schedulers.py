@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from finetune.schedulers import constant, cosine_with_warmup, step_decay
+from finetune.engine.schedulers import constant, cosine_with_warmup, step_decay
 
 
 def lrs(make_scheduler, steps: int, base_lr: float = 1.0) -> list[float]:

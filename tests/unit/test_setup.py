@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from finetune.checks import check_config
-from finetune.errors import FinetuneError
-from finetune.setup import pick_device
+from finetune.engine.setup import pick_device
+from finetune.safety.checks import check_config
+from finetune.safety.errors import FinetuneError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from finetune.signals import StopRequest
+from finetune.safety.signals import StopRequest
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from finetune.startup import StartupClock, process_age_s
+from finetune.engine.startup import StartupClock, process_age_s
 
 
 def test_process_age_counts_from_before_this_test_ran() -> None:

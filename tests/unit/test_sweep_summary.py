@@ -1,4 +1,4 @@
-"""The sweep summary (finetune.sweep): rows from job directories, summary.csv, the leaderboard."""
+"""The sweep summary (sweep/summary.py): rows from job directories, summary.csv, the leaderboard."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
 
-from finetune.sweep import collect_rows, job_outcome, leaderboard, write_csv
+from finetune.sweep.summary import collect_rows, job_outcome, leaderboard, write_csv
 
 
 def make_job(sweep: Path, num: int, overrides: list[str], summary: dict | None) -> Path:

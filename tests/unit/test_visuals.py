@@ -13,10 +13,17 @@ import timm
 import torch
 from PIL import Image
 
-from finetune.curves import find_runs, plot_runs, run_labels
-from finetune.errors import FinetuneError
-from finetune.predictions import Predictions
-from finetune.visuals import RIGHT, TILE, WRONG, confusion_counts, confusion_image, labelled_grid
+from finetune.records.curves import find_runs, plot_runs, run_labels
+from finetune.records.predictions import Predictions
+from finetune.records.visuals import (
+    RIGHT,
+    TILE,
+    WRONG,
+    confusion_counts,
+    confusion_image,
+    labelled_grid,
+)
+from finetune.safety.errors import FinetuneError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["cat", "dog", "bird"]

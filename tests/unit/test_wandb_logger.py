@@ -12,9 +12,9 @@ from conftest import compose_train
 from omegaconf import DictConfig
 from wandb_records import read_run
 
-from finetune.loggers import build_loggers
-from finetune.loggers import wandb_logger as module
-from finetune.predictions import Predictions
+from finetune.records.loggers import build_loggers
+from finetune.records.loggers import wandb_logger as module
+from finetune.records.predictions import Predictions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ import pytest
 import timm
 import torch
 
-from finetune.errors import FinetuneError
-from finetune.weights import load_into, load_state_dict_file
+from finetune.models.weights import load_into, load_state_dict_file
+from finetune.safety.errors import FinetuneError
 
 
 def tiny(num_classes: int, name: str = "test_resnet") -> torch.nn.Module:

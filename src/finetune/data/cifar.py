@@ -9,7 +9,7 @@ from PIL import Image
 
 from finetune.data.splits import Splits, select_classes, stratified_split
 from finetune.data.tensors import InMemoryImages
-from finetune.errors import FinetuneError
+from finetune.safety.errors import FinetuneError
 
 
 def cifar10_splits(cfg: DictConfig, seed: int) -> Splits:

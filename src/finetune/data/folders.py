@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
 from finetune.data.splits import Splits, class_index, stratified_split
-from finetune.errors import DataFault, FinetuneError
+from finetune.safety.errors import DataFault, FinetuneError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Sampler
 from finetune.data.folders import collate_readable
 from finetune.data.splits import Splits
 from finetune.data.tracking import TrackedDataset
-from finetune.distributed import DistInfo
+from finetune.engine.distributed import DistInfo
 
 SINGLE_PROCESS = DistInfo()
 

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
-from finetune.errors import FinetuneError
+from finetune.safety.errors import FinetuneError
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from finetune.errors import DataFault, FinetuneError, one_line
+from finetune.safety.errors import DataFault, FinetuneError, one_line
 
 # Columns of a worker's row in the shared table.
 PID, INDEX, LOADING = 0, 1, 2
@@ -47,7 +47,7 @@ class TrackedDataset(Dataset):
         except FinetuneError:
             raise  # it names its sample already (an unreadable image)
         except Exception as error:
-            from finetune.faults import is_out_of_memory
+            from finetune.safety.faults import is_out_of_memory
 
             if is_out_of_memory(error):
                 raise

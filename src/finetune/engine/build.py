@@ -1,0 +1,111 @@
+"""What a run trains with, built from its config: data, model, freezing, optimizer, precision.
+
+One function for `finetune.engine.run` and `scripts/benchmark.py`, so that the benchmark times the
+very objects a run trains with. The order matters: freezing happens before the optimizer sees
+the parameters and before compile and DDP wrap the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.utils.data import DataLoader
+
+from finetune.data import Preprocessing, Splits, build_loaders, build_splits, resolve_preprocessing
+from finetune.engine.distributed import DistInfo, wrap_ddp
+from finetune.engine.loop import Stepper, steps_in_epoch
+from finetune.engine.optim import param_groups
+from finetune.engine.precision import autocast_dtype, grad_scaler, maybe_compile
+from finetune.engine.startup import StartupClock
+from finetune.models.factory import ModelInfo, build_model
+from finetune.models.features import check_cache_features, feature_loaders
+from finetune.models.freeze import Freezer, check_freeze
+
+
+@dataclass
+class Parts:
+    """The objects of one run, before its first epoch."""
+
+    cfg: DictConfig
+    device: torch.device
+    splits: Splits
+    model: nn.Module  # unwrapped: what checkpoints, the EMA and the pictures use
+    model_info: ModelInfo
+    prep: Preprocessing
+    loaders: dict[str, DataLoader]
+    freezer: Freezer
+    trained: nn.Module  # what the loop trains: the model, or its head on cached features
+    net: nn.Module  # `trained`, compiled and DDP-wrapped as the config asks
+    stepper: Stepper  # optimizer, scheduler, precision, EMA
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """compile, then DDP (again after a thaw, so DDP syncs the new parameters)."""
+        return wrap(module, self.cfg, self.device)
+
+    def trainable_groups(self, params: list[nn.Parameter]) -> list[dict[str, Any]]:
+        """Optimizer groups of the trainable `params`: head and backbone LR, no decay on norms."""
+        return trainable_groups(self.cfg, self.freezer, params)
+
+
+def build_parts(
+    cfg: DictConfig, device: torch.device, rank: DistInfo, clock: StartupClock | None = None
+) -> Parts:
+    """Data, model, freezing, optimizer and scheduler, precision and EMA, in that order."""
+    check_cache_features(cfg)
+    splits = build_splits(cfg.data, cfg.seed)
+    model, model_info = build_model(cfg.model, num_classes=len(splits.class_names))
+    check_freeze(cfg.freeze, model_info.pretrained_loaded)
+    if clock:
+        clock.mark("model")
+    prep = resolve_preprocessing(model, cfg.data.image_size)
+    loaders = build_loaders(cfg.data, splits, prep, cfg.seed, device, rank)
+    model.to(device)
+    if cfg.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    freezer = Freezer(model, cfg.freeze)  # before the optimizer, compile and DDP see the model
+    freezer.apply(epoch=1)
+    trained = model
+    if cfg.freeze.cache_features:
+        loaders = feature_loaders(model, loaders, cfg, prep.as_dict(), device)
+        trained = model.get_classifier()
+    if clock:
+        clock.mark("data")
+    net = wrap(trained, cfg, device)
+    # Parameter groups hold tensors, which Hydra cannot pass through a config: call a partial.
+    optimizer_cfg = {k: v for k, v in cfg.optimizer.items() if k != "backbone_lr_mult"}
+    make_optimizer = instantiate(optimizer_cfg, _partial_=True, _convert_="all")
+    optimizer = make_optimizer(params=trainable_groups(cfg, freezer, list(model.parameters())))
+    scheduler = instantiate(cfg.scheduler)(
+        optimizer,
+        steps_per_epoch=steps_in_epoch(loaders["train"], cfg.trainer),
+        epochs=cfg.trainer.epochs,
+    )
+    dtype = autocast_dtype(cfg.trainer.precision, device)
+    ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
+    stepper = Stepper(optimizer, scheduler, device, dtype, grad_scaler(device, dtype), ema, model)
+    return Parts(
+        cfg, device, splits, model, model_info, prep, loaders, freezer, trained, net, stepper
+    )
+
+
+def wrap(module: nn.Module, cfg: DictConfig, device: torch.device) -> nn.Module:
+    compiled = maybe_compile(module, cfg.trainer.compile, device)
+    return wrap_ddp(compiled, device, cfg.trainer.sync_batchnorm)
+
+
+def trainable_groups(
+    cfg: DictConfig, freezer: Freezer, params: list[nn.Parameter]
+) -> list[dict[str, Any]]:
+    return param_groups(
+        params,
+        cfg.optimizer.weight_decay,
+        cfg.optimizer.lr,
+        freezer.backbone_parameters(),
+        cfg.freeze.backbone_lr_mult,
+    )

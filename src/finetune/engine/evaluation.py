@@ -1,0 +1,113 @@
+"""Evaluating a saved checkpoint, and rebuilding a trained model from one.
+
+The checkpoint carries its run's resolved config, so the model, the preprocessing and (by
+default) the data and its split are rebuilt exactly as in training: on the same data, eval.py
+reproduces the run's test metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from finetune.data import Preprocessing, build_loaders, build_splits, resolve_preprocessing
+from finetune.engine.setup import pick_device
+from finetune.models.weights import run_or_file, safe_torch_load
+from finetune.safety.errors import FinetuneError, one_line
+from finetune.tasks.metrics import build_metrics
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_path(target: str) -> Path:
+    """A checkpoint file, or a run directory's checkpoints/best.pt."""
+    return run_or_file(target, "ckpt", "a checkpoint file")
+
+
+def model_from_checkpoint(
+    state: dict[str, Any], num_classes: int | None = None
+) -> tuple[nn.Module, Preprocessing, DictConfig]:
+    """The trained model in eval mode, its preprocessing and its run's config."""
+    import timm
+
+    if "config" not in state or "model_state_dict" not in state:
+        raise FinetuneError(
+            "the checkpoint has no config or model_state_dict: it was not "
+            "written by this project (use model.pretrained=PATH for weights)"
+        )
+    cfg = OmegaConf.create(state["config"])
+    kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
+    classes = num_classes or state["model_state_dict"][head_weight_key(state)].shape[0]
+    model = timm.create_model(cfg.model.name, pretrained=False, num_classes=classes, **kwargs)
+    try:
+        model.load_state_dict(state["model_state_dict"])
+    except RuntimeError as error:
+        raise FinetuneError(
+            f"the checkpoint does not fit {cfg.model.name} with {classes} "
+            f"classes: {one_line(error)}"
+        ) from None
+    return model.eval(), resolve_preprocessing(model, cfg.data.image_size), cfg
+
+
+def head_weight_key(state: dict[str, Any]) -> str:
+    """The classifier's weight: the last 2-D tensor of the state dict."""
+    matrices = [k for k, v in state["model_state_dict"].items() if v.ndim == 2]
+    if not matrices:
+        raise FinetuneError("the checkpoint's model has no classifier weight")
+    return matrices[-1]
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
+    """Metrics of `cfg.ckpt` on a split; printed and written as JSON beside the checkpoint."""
+    from finetune.engine.run import evaluate
+
+    path = checkpoint_path(str(cfg.ckpt))
+    state = safe_torch_load(path)
+    run_cfg = OmegaConf.create(state["config"])
+    data_cfg = cfg.data if "data" in cfg else run_cfg.data  # an optional group
+    if cfg.batch_size is not None:
+        data_cfg = OmegaConf.merge(data_cfg, {"batch_size": cfg.batch_size})
+    splits = build_splits(data_cfg, run_cfg.seed)
+    model, prep, _ = model_from_checkpoint(state, len(splits.class_names))
+    device = pick_device(cfg.device)
+    loaders = build_loaders(data_cfg, splits, prep, run_cfg.seed, device)
+    if cfg.split not in loaders:
+        raise FinetuneError(f"split={cfg.split} must be one of {sorted(loaders)}")
+    metrics = build_metrics(len(splits.class_names)).to(device)
+    results = evaluate(model.to(device), loaders[cfg.split], metrics, device, cfg.split, None)
+    out = path.with_name(f"{path.stem}.eval-{cfg.split}.json")
+    out.write_text(
+        json.dumps(
+            {
+                "checkpoint": str(path),
+                "data": data_cfg.name,
+                "split": cfg.split,
+                "metrics": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    for key, value in results.items():
+        print(f"{key}: {value:.4f}")
+    log.info("Wrote %s", out)
+    return results
+
+
+def predict_transform(prep: Preprocessing, kind: str) -> Any:
+    """What turns a PIL image into the model's input, as in training's evaluation."""
+    from torchvision.transforms import v2
+
+    from finetune.data.loaders import transforms_for
+
+    eval_tf = transforms_for(kind, prep, augment=False)[1]
+    if kind == "pil":
+        return v2.Compose([v2.Lambda(lambda image: image.convert("RGB")), eval_tf])
+    to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    return v2.Compose([v2.Lambda(lambda image: image.convert("RGB")), to_tensor, eval_tf])

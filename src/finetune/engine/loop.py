@@ -1,0 +1,212 @@
+"""The inner loop: one epoch of training, one pass of evaluation.
+
+Kept beside train.py's `run()` (which calls them in plain sight) so that each file reads in one
+sitting. One optimizer step is `trainer.accumulate_grad_batches` batches, under autocast when
+`trainer.precision` asks for it, with clipping, a GradScaler (fp16 on CUDA) and an EMA update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics import MetricCollection
+
+from finetune.engine.distributed import all_reduce_sum, any_rank, dist_info
+from finetune.engine.precision import autocast
+from finetune.records.loggers import Loggers
+from finetune.records.predictions import Predictions
+from finetune.records.progress import ProgressBar
+from finetune.safety.errors import FinetuneError
+from finetune.safety.faults import NonFiniteWatch
+from finetune.safety.signals import StopRequest
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: what a checkpoint must hold to continue bitwise."""
+
+    epoch: int = 0  # epochs completed
+    global_step: int = 0  # optimizer steps taken
+    step_in_epoch: int = 0  # optimizer steps of epoch+1 already taken (mid-epoch checkpoint)
+    epoch_loss_sum: float = 0.0  # sum of those steps' losses
+
+
+@dataclass
+class Stepper:
+    """What one optimizer step needs besides the model and the batch."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype, None for fp32
+    scaler: torch.amp.GradScaler | None
+    ema: Any | None  # timm.utils.ModelEmaV3
+    ema_source: nn.Module | None  # the unwrapped model the EMA follows
+
+
+def steps_in_epoch(loader: DataLoader, trainer: DictConfig) -> int:
+    """Optimizer steps of one epoch: whole groups of `accumulate_grad_batches` batches."""
+    batches = loader.sampler.full_batches(loader)
+    if trainer.limit_train_batches is not None:
+        batches = min(batches, trainer.limit_train_batches)
+    steps = batches // trainer.accumulate_grad_batches
+    if steps == 0:
+        raise FinetuneError(
+            f"one optimizer step needs {trainer.accumulate_grad_batches} batches but an epoch has "
+            f"{batches}; lower trainer.accumulate_grad_batches or data.batch_size"
+        )
+    return steps
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    stepper: Stepper,
+    loggers: Loggers,
+    cfg: DictConfig,
+    loop: LoopState,
+    stop: StopRequest,
+    save_mid_epoch: Callable[[float], None],
+) -> tuple[float, float]:
+    """One pass over the training data; returns (mean loss over ranks, images/s of this rank).
+
+    The loss stays on the device and is read (a host sync) only every `log_every_n_steps`.
+    The data order is a function of (seed, epoch), so a resumed epoch skips what was done.
+    """
+    trainer, device = cfg.trainer, stepper.device
+    accumulate = trainer.accumulate_grad_batches
+    distributed = dist_info().enabled
+    model.train()
+    criterion = nn.CrossEntropyLoss()
+    steps = steps_in_epoch(loader, trainer)
+    loader.sampler.set_epoch(
+        loop.epoch + 1, skip_batches=loop.step_in_epoch * accumulate, batch_size=loader.batch_size
+    )
+    loss_sum = torch.tensor(loop.epoch_loss_sum, device=device)
+    watch = NonFiniteWatch(device)  # the first step whose loss is NaN or inf
+    images_seen, start = 0, time.perf_counter()
+    bar = ProgressBar(
+        steps, f"epoch {loop.epoch + 1}", enabled=trainer.progress_bar, initial=loop.step_in_epoch
+    )
+    for batch, (images, targets) in enumerate(loader, start=1):
+        if loop.step_in_epoch >= steps:
+            break
+        images = to_device(images, device, trainer.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        steps_now = batch % accumulate == 0
+        # DDP all-reduces gradients on every backward; between steps that is wasted work.
+        sync = contextlib.nullcontext() if steps_now or not distributed else model.no_sync()
+        with sync:
+            with autocast(device, stepper.dtype):
+                loss = criterion(model(images), targets) / accumulate
+            if (batch - 1) % accumulate == 0:
+                # The last step's gradients go only now, while this forward's activations hold
+                # the heap, so the allocator reuses their memory. Freed right after the step,
+                # they went back to the OS and returned as page faults (~4% of a resnet18 step
+                # on CPU, see scripts/benchmark.py); kept, they also feed the epoch's histograms.
+                stepper.optimizer.zero_grad(set_to_none=True)
+            (stepper.scaler.scale(loss) if stepper.scaler else loss).backward()
+        loss_sum += loss.detach()
+        watch.see(loss, loop.global_step + 1)  # no sync: read on log steps and before saves
+        images_seen += images.shape[0]
+        if not steps_now:
+            continue
+        optimizer_step(model, stepper, trainer.grad_clip, loop.global_step)
+        loop.global_step += 1
+        loop.step_in_epoch += 1
+        log_step = loop.global_step % trainer.log_every_n_steps == 0
+        if log_step:
+            watch.check()
+            loss_value = loss.item() * accumulate
+            rate = images_seen / (time.perf_counter() - start)
+            loggers.log_metrics(
+                {"train/loss": loss_value, "train/images_per_s": rate}, loop.global_step
+            )
+            bar.show(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
+        bar.advance()
+        # Ranks must stop at the same step; agreeing costs a collective, so only on log steps.
+        stopping = any_rank(stop.requested, device) if log_step or not distributed else False
+        every = cfg.checkpoint.every_n_steps
+        if stopping or (every and loop.global_step % every == 0):
+            loop.epoch_loss_sum = loss_sum.item()
+            watch.check(model)  # never a checkpoint from NaN weights
+            save_mid_epoch(loop.epoch_loss_sum / loop.step_in_epoch)
+            if stopping:
+                bar.close()
+                raise stop.stopped_or_peer()
+        if loop.step_in_epoch >= steps:
+            break  # now, not at the top: loading (and augmenting) one more batch is wasted work
+    bar.close()
+    watch.check(model)  # before the epoch's checkpoint is written
+    elapsed = time.perf_counter() - start
+    mean_loss = all_reduce_sum(loss_sum / steps).item() / dist_info().world_size
+    return mean_loss, images_seen / max(elapsed, 1e-9)
+
+
+def optimizer_step(model: nn.Module, stepper: Stepper, grad_clip: float | None, step: int) -> None:
+    """Clip, step (through the scaler for fp16), advance LR and EMA.
+
+    The gradients stay until the next step's first backward (see train_one_epoch).
+    """
+    optimizer, scaler = stepper.optimizer, stepper.scaler
+    if grad_clip:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    stepper.scheduler.step()
+    if stepper.ema is not None:
+        stepper.ema.update(stepper.ema_source, step=step)
+
+
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    if channels_last and images.ndim == 4:
+        return images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    metrics: MetricCollection,
+    device: torch.device,
+    prefix: str,
+    limit_batches: int | None,
+    predictions: Predictions | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Loss and metrics over a split (all ranks' shards together), named `prefix/name`.
+
+    `predictions`, when given, keeps each batch's outputs for the loggers' pictures.
+    """
+    model.eval()
+    metrics.reset()
+    totals = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, sample count
+    for batch, (images, targets) in enumerate(loader):
+        if limit_batches is not None and batch >= limit_batches:
+            break
+        images, targets = images.to(device), targets.to(device)
+        with autocast(device, dtype):
+            logits = model(images).float()
+        totals[0] += nn.functional.cross_entropy(logits, targets, reduction="sum")
+        totals[1] += targets.shape[0]
+        metrics.update(logits, targets)
+        if predictions is not None:
+            predictions.update(images, targets, logits)
+    results = {f"{prefix}/{k}": float(v) for k, v in metrics.compute().items()}  # synced
+    loss_sum, count = all_reduce_sum(totals).tolist()
+    return {f"{prefix}/loss": loss_sum / max(1, count), **results}

@@ -1,0 +1,180 @@
+"""`resume=`: continue a run in its own directory, with its own config, bitwise.
+
+Two ways in, never confused (detectron2's resume_or_load): `resume=` restores the full state
+and continues the same run; `model.pretrained=` takes weights only and starts afresh.
+
+The run's saved config wins over the freshly composed one. A command-line override may change
+only what `checkpoint.resume_may_change` lists (more epochs, loggers, device, workers); any other
+override that differs from the saved run is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from finetune.safety.errors import FinetuneError
+
+if TYPE_CHECKING:  # resume_argv runs before torch is imported; these are for the types only
+    from torch import nn
+
+    from finetune.engine.checkpoint import Checkpointer
+    from finetune.engine.loop import Stepper
+
+log = logging.getLogger(__name__)
+
+LAST = "last.pt"
+SINGLE_OPTION_GROUPS = ("trainer", "checkpoint")
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """Point Hydra at the resumed run's directory before it composes anything.
+
+    `resume=RUN` (a run directory or a checkpoint in it) adds `hydra.run.dir=RUN` unless one is
+    given, and keeps the run's original .hydra/ files by writing this invocation's to
+    .hydra/resume-<time>/. `resume=auto` needs an explicit run directory and changes nothing.
+    """
+    values = [arg.split("=", 1)[1] for arg in argv if arg.startswith("resume=")]
+    if (
+        not values
+        or values[-1] in ("auto", "null", "None", "")
+        or "-m" in argv
+        or "--multirun" in argv
+    ):
+        return argv
+    run_dir = run_dir_of(Path(values[-1]))
+    extra = []
+    if not any(arg.startswith("hydra.run.dir=") for arg in argv):
+        extra.append(f"hydra.run.dir={run_dir}")
+    if not any(arg.startswith("hydra.output_subdir=") for arg in argv):
+        extra.append(f"hydra.output_subdir=.hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    return argv + extra
+
+
+def run_dir_of(target: Path) -> Path:
+    """The run directory of `resume=` target: the directory itself, or checkpoints/'s parent."""
+    if target.is_dir():
+        return target
+    if target.is_file():
+        return target.parent.parent
+    raise FinetuneError(f"resume={target}: no such run directory or checkpoint file")
+
+
+def find_checkpoint(target: str, run_dir: Path, dirname: str) -> Path | None:
+    """The checkpoint that `resume=target` means; None for `auto` in a run with none yet."""
+    if target == "auto":
+        last = run_dir / dirname / LAST
+        return last if last.is_file() else None
+    path = Path(target).expanduser()
+    if path.is_file():
+        return path
+    last = path / dirname / LAST
+    if not last.is_file():
+        raise FinetuneError(
+            f"resume={target}: there is no {dirname}/{LAST} in that run directory; "
+            "give a run directory that saved a checkpoint, or a checkpoint file"
+        )
+    return last
+
+
+def merge_resume_config(
+    composed: DictConfig, saved: dict[str, Any], overrides: list[str], may_change: list[str]
+) -> DictConfig:
+    """The saved config, with the command line's safe overrides applied.
+
+    A key an override touched and that differs from the saved run is taken when it is listed in
+    `may_change` and refused otherwise; keys nobody touched keep the saved values.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    merged = OmegaConf.create(saved)
+    # Groups with a single option may have gained keys since the run was saved: those take
+    # today's defaults (groups with several options must not be mixed, so they stay as saved).
+    for group in SINGLE_OPTION_GROUPS:
+        today = OmegaConf.to_container(composed[group], resolve=True)
+        merged[group] = OmegaConf.merge(today, saved.get(group, {}))
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    for override in parsed:
+        key = override.key_or_group
+        if key == "resume" or key.startswith("hydra"):
+            continue
+        new = OmegaConf.select(composed, key)
+        old = OmegaConf.select(merged, key)
+        new_plain = OmegaConf.to_container(new, resolve=True) if OmegaConf.is_config(new) else new
+        if new_plain == old:
+            continue
+        if not any(key == safe or key.startswith(f"{safe}.") for safe in may_change):
+            raise FinetuneError(
+                f"resume: {override.input_line} differs from the resumed run's {key}={old}; "
+                f"only {', '.join(may_change)} may change on resume (start a new run instead)"
+            )
+        OmegaConf.update(merged, key, new_plain, force_add=True)
+    merged.resume = composed.resume
+    return merged
+
+
+def load_resume_state(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, dict[str, Any] | None]:
+    """(config to run with, checkpoint to continue from) for `cfg.resume`; (cfg, None) if none."""
+    if cfg.resume is None:
+        return cfg, None
+    path = find_checkpoint(str(cfg.resume), run_dir, cfg.checkpoint.dirname)
+    if path is None:
+        return cfg, None  # resume=auto in a run that has not saved yet: a fresh start
+    from hydra.core.hydra_config import HydraConfig
+
+    from finetune.models.weights import safe_torch_load
+
+    state = safe_torch_load(path)
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    merged = merge_resume_config(
+        cfg, state["config"], overrides, list(cfg.checkpoint.resume_may_change)
+    )
+    merged.paths.output_dir = str(run_dir)
+    log.info("Resuming %s from %s", run_dir, path)
+    return merged, state
+
+
+def trim_metrics_csv(path: Path, last_epoch: int) -> None:
+    """Drop metrics.csv rows after the resumed epoch (written before a crash, redone now)."""
+    if not path.is_file():
+        return
+    import csv
+
+    from finetune.engine.checkpoint import atomic_write
+
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    epoch_col = rows[0].index("epoch")
+    kept = [rows[0]] + [row for row in rows[1:] if int(row[epoch_col]) <= last_epoch]
+    if len(kept) == len(rows):
+        return
+    from io import StringIO
+
+    buffer = StringIO()
+    csv.writer(buffer).writerows(kept)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode()))
+
+
+def restore(
+    state: dict[str, Any], model: nn.Module, stepper: Stepper, checkpointer: Checkpointer
+) -> None:
+    """Load a checkpoint's full state; the next step is the one the saved run would take."""
+    from finetune.engine.checkpoint import set_rng_state  # torch: not before a run starts
+    from finetune.models.weights import load_exact
+
+    load_exact(model, state["model_state_dict"], "the resumed checkpoint")
+    stepper.optimizer.load_state_dict(state["optimizer_state_dict"])
+    stepper.scheduler.load_state_dict(state["scheduler"])
+    if stepper.scaler is not None and state["scaler"] is not None:
+        stepper.scaler.load_state_dict(state["scaler"])
+    if stepper.ema is not None and state["ema_state_dict"] is not None:
+        load_exact(stepper.ema.module, state["ema_state_dict"], "the resumed EMA weights")
+    checkpointer.restore(state)
+    set_rng_state(state["rng"])
+    log.info("Resumed at epoch %d, step %d", state["loop"]["epoch"], state["global_step"])

@@ -1,0 +1,1 @@
+"""Models: building one from its source, loading weights safely, freezing, the feature cache."""

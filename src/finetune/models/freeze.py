@@ -1,0 +1,146 @@
+"""Freezing policies: which pretrained weights stay fixed, and when they thaw.
+
+  none      train everything
+  backbone  everything but the classifier: weights and BatchNorm statistics fixed (BatchNorm
+            layers become timm's FrozenBatchNorm2d, so `model.train()` cannot move them); no
+            gradient is computed through the backbone, and the optimizer never sees it
+  partial   the stem and the first `freeze.stages` stages (timm's group_matcher), any model
+  gradual   like backbone, then thawed at `freeze.unfreeze_at_epoch`: all at once, or one stage
+            every `freeze.unfreeze_every_n_epochs` epochs from the top down
+
+Stages come from timm's coarse group_matcher, so one policy works across resnet, convnext,
+efficientnet and vit. Freezing happens before the optimizer, torch.compile and DDP see the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+from timm.models import group_modules, group_parameters
+from timm.utils.model import freeze as timm_freeze
+from timm.utils.model import unfreeze as timm_unfreeze
+from torch import nn
+
+from finetune.safety.errors import FinetuneError
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("none", "backbone", "partial", "gradual")
+
+
+@dataclass
+class Stage:
+    """One coarse group of a timm model: module names and parameters held directly by the model."""
+
+    modules: list[str]
+    parameters: list[str]
+
+
+def backbone_stages(model: nn.Module) -> list[Stage]:
+    """The model's stages from stem to top, the classifier left out."""
+    matcher = model.group_matcher(coarse=True)
+    module_groups = group_modules(model, matcher)
+    param_groups = group_parameters(model, matcher)
+    classifier = classifier_names(model)
+    modules = dict(model.named_modules())
+    stages = []
+    for group_id in sorted(module_groups):
+
+        def keep(name: str) -> bool:
+            return not any(name == c or name.startswith(f"{c}.") for c in classifier)
+
+        names = [n for n in module_groups[group_id] if keep(n) and n in modules]
+        direct = [n for n in param_groups[group_id] if keep(n) and "." not in n]
+        if names or direct:
+            stages.append(Stage(names, direct))
+    return stages
+
+
+def classifier_names(model: nn.Module) -> list[str]:
+    """Names of the classifier head module(s), from timm's pretrained config."""
+    classifier = model.pretrained_cfg.get("classifier") or "fc"
+    return list(classifier) if isinstance(classifier, (list, tuple)) else [classifier]
+
+
+def set_stages(model: nn.Module, stages: list[Stage], frozen: bool) -> None:
+    """(Un)freeze weights and BatchNorm statistics of `stages`."""
+    names = [n for stage in stages for n in stage.modules]
+    direct = {n for stage in stages for n in stage.parameters}
+    if names:
+        (timm_freeze if frozen else timm_unfreeze)(model, names)
+    for name, param in model.named_parameters():
+        if name in direct:
+            param.requires_grad = not frozen
+
+
+def frozen_stage_count(cfg: DictConfig, total: int, epoch: int) -> int:
+    """How many stages (from the stem up) are frozen during `epoch` (1-based)."""
+    if cfg.policy == "none":
+        return 0
+    if cfg.policy == "backbone":
+        return total
+    if cfg.policy == "partial":
+        return min(total, cfg.stages + 1)  # the stem, then `stages` stages
+    if epoch < cfg.unfreeze_at_epoch:
+        return total
+    if not cfg.unfreeze_every_n_epochs:
+        return 0
+    thawed = 1 + (epoch - cfg.unfreeze_at_epoch) // cfg.unfreeze_every_n_epochs
+    return max(0, total - thawed)
+
+
+def check_freeze(cfg: DictConfig, pretrained_loaded: bool) -> None:
+    """Refuse a frozen random backbone: a head trained on random features is a wasted run."""
+    if cfg.policy not in POLICIES:
+        raise FinetuneError(f"freeze.policy={cfg.policy} is unknown; use one of {POLICIES}")
+    if cfg.policy != "none" and not pretrained_loaded and not cfg.allow_random_backbone:
+        raise FinetuneError(
+            f"freeze={cfg.policy} but no pretrained weights were loaded (the backbone is random); "
+            "set model.pretrained to a weights file or run directory, use freeze=none, or add "
+            "freeze.allow_random_backbone=true"
+        )
+    if cfg.policy == "partial" and cfg.stages < 0:
+        raise FinetuneError(f"freeze.stages={cfg.stages} must be 0 or more")
+    if cfg.policy == "gradual" and cfg.unfreeze_at_epoch < 1:
+        raise FinetuneError(f"freeze.unfreeze_at_epoch={cfg.unfreeze_at_epoch} must be 1 or more")
+
+
+class Freezer:
+    """Applies a policy and moves it along epoch by epoch (gradual thawing)."""
+
+    def __init__(self, model: nn.Module, cfg: DictConfig) -> None:
+        self.model, self.cfg = model, cfg
+        self.stages = backbone_stages(model)
+        self.frozen = 0  # stages frozen now, counted from the stem
+
+    def apply(self, epoch: int) -> list[nn.Parameter]:
+        """Set the state for `epoch`; return the parameters it thawed (new to the optimizer)."""
+        target = frozen_stage_count(self.cfg, len(self.stages), epoch)
+        thawed: list[nn.Parameter] = []
+        if target > self.frozen:
+            set_stages(self.model, self.stages[self.frozen : target], frozen=True)
+        elif target < self.frozen:
+            before = {id(p) for p in self.model.parameters() if p.requires_grad}
+            set_stages(self.model, self.stages[target : self.frozen], frozen=False)
+            thawed = [p for p in self.model.parameters() if p.requires_grad and id(p) not in before]
+            log.info(
+                "freeze=%s: epoch %d thaws stages %d-%d (%s parameters)",
+                self.cfg.policy,
+                epoch,
+                target,
+                self.frozen - 1,
+                f"{sum(p.numel() for p in thawed):,}",
+            )
+        self.frozen = target
+        return thawed
+
+    def backbone_parameters(self) -> set[int]:
+        """ids of every parameter outside the classifier (for the backbone learning rate)."""
+        head = classifier_names(self.model)
+        return {
+            id(p)
+            for name, p in self.model.named_parameters()
+            if not any(name == h or name.startswith(f"{h}.") for h in head)
+        }

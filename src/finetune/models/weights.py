@@ -1,0 +1,162 @@
+"""Reading weights from files safely, and loading them into a model with a clear report.
+
+Files are opened without unpickling code (`weights_only=True`, or safetensors), so a weights
+file from the internet cannot run anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from finetune.safety.errors import FinetuneError, one_line
+
+log = logging.getLogger(__name__)
+
+# Prefixes that wrappers add to parameter names: DDP, torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def run_or_file(target: str, key: str, fix: str) -> Path:
+    """A weights/checkpoint file, or a run directory's checkpoints/best.pt; `key` names the option.
+
+    model.pretrained=, eval.py's ckpt= and load_model() all accept either form.
+    """
+    path = Path(target).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "best.pt"
+        if not path.is_file():
+            raise FinetuneError(
+                f"{key}={target} is a directory without checkpoints/best.pt; "
+                f"give a finished run directory or {fix}"
+            )
+    if not path.is_file():
+        raise FinetuneError(f"{key}={target}: no such file or run directory; give {fix}")
+    return path
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """A model state dict from .safetensors, or from a .pt/.pth/.bin (plain or a checkpoint)."""
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors raises its own error types
+            raise FinetuneError(f"{path} is not a readable safetensors file: {error}") from None
+    obj = safe_torch_load(path)
+    if isinstance(obj, dict):
+        for key in ("model_state_dict", "state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise FinetuneError(f"{path} holds no state dict of tensors")
+    return strip_wrapper_prefixes(obj)
+
+
+def safe_torch_load(path: Path) -> object:
+    """torch.load that refuses pickled code and names the file when it is damaged."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise FinetuneError(
+            f"{path} holds pickled objects other than tensors and plain data; refused for "
+            f"safety (nothing in it was run): {str(error).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise FinetuneError(
+            f"{path} is incomplete or corrupted ({one_line(error)}); {whole_neighbour(path)}"
+        ) from None
+
+
+def whole_neighbour(path: Path) -> str:
+    """Name the newest checkpoint beside `path` that loads, so the user knows what is safe."""
+    candidates = sorted(path.parent.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for candidate in candidates:
+        if candidate == path:
+            continue
+        try:
+            torch.load(candidate, map_location="cpu", weights_only=True)
+        except Exception:  # any damage: keep looking
+            continue
+        return f"{candidate} is whole"
+    return "no other checkpoint beside it is whole"
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove DDP's `module.` and torch.compile's `_orig_mod.` from every key."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        for prefix in WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        cleaned[key] = value
+    return cleaned
+
+
+def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load weights into `model`, replacing a classifier head of another size.
+
+    Returns notes for the run's records. Any other mismatch is an error that lists the keys:
+    silently half-loaded weights are a wasted run.
+    """
+    head = head_prefixes(model)
+    own = model.state_dict()
+    dropped = [
+        key
+        for key, value in state_dict.items()
+        if key in own and own[key].shape != value.shape and key.startswith(head)
+    ]
+    filtered = {key: value for key, value in state_dict.items() if key not in dropped}
+    wrong_shape = [
+        f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}"
+        for key, value in filtered.items()
+        if key in own and own[key].shape != value.shape
+    ]
+    missing = [key for key in own if key not in filtered and key not in dropped]
+    missing = [key for key in missing if not key.startswith(head) or key in state_dict]
+    unexpected = [key for key in filtered if key not in own]
+    problems = [("shape mismatch", wrong_shape), ("missing", missing), ("unexpected", unexpected)]
+    problems = [(kind, keys) for kind, keys in problems if keys]
+    if problems:
+        detail = "; ".join(
+            f"{kind}: {', '.join(keys[:6])}" + (" ..." if len(keys) > 6 else "")
+            for kind, keys in problems
+        )
+        raise FinetuneError(
+            f"weights in {source} do not fit {type(model).__name__} ({detail}); "
+            "check model.name and the file"
+        )
+    model.load_state_dict(filtered, strict=False)
+    notes = []
+    if dropped:
+        note = f"head of another size replaced (random init): {', '.join(dropped)}"
+        log.info(note)
+        notes.append(note)
+    return notes
+
+
+def head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Parameter-name prefixes of the classifier head(s), from timm's pretrained config."""
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or "fc"
+    names = classifier if isinstance(classifier, (list, tuple)) else (classifier,)
+    return tuple(f"{name}." for name in names)
+
+
+def load_exact(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load every weight, or fail listing the keys that do not fit.
+
+    Only BatchNorm's `num_batches_tracked` counters may be missing: a frozen BatchNorm layer
+    (timm's FrozenBatchNorm2d) has none, so a checkpoint of a frozen run lacks them.
+    """
+    result = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise FinetuneError(
+            f"{source} does not fit {type(model).__name__}: missing {missing[:6]}, "
+            f"unexpected {unexpected[:6]}; check model.name and the number of classes"
+        )

@@ -1,0 +1,1 @@
+"""Records of a run: loggers, pictures, learning curves, progress bars."""

@@ -1,0 +1,44 @@
+"""Checks of the composed config that need no torch: a bad value is refused in a second.
+
+The entrypoint runs them before it imports torch and timm (about 5 s here), so a typo on the
+command line costs nothing; the run repeats them, for callers of `finetune.engine.run.run`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from finetune.safety.errors import FinetuneError
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject values that would fail later, or worse, run and mean nothing."""
+    positive = {
+        "trainer.epochs": cfg.trainer.epochs,
+        "data.batch_size": cfg.data.batch_size,
+        "trainer.log_every_n_steps": cfg.trainer.log_every_n_steps,
+        "trainer.accumulate_grad_batches": cfg.trainer.accumulate_grad_batches,
+    }
+    for key, value in positive.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise FinetuneError(f"{key}={value} must be a positive integer")
+    if cfg.mode not in ("min", "max"):
+        raise FinetuneError(f"mode={cfg.mode} must be min or max")
+    if cfg.data.num_workers < 0:
+        raise FinetuneError(f"data.num_workers={cfg.data.num_workers} must be 0 or more")
+    check_data_root(cfg.data)
+
+
+def check_data_root(data: DictConfig) -> None:
+    """image_folder needs an existing root (the builder checks the layout inside it)."""
+    if data.name != "image_folder":
+        return
+    if not data.root:
+        raise FinetuneError(
+            "data=image_folder needs data.root=DIR (DIR/train, DIR/val[, DIR/test] with class "
+            "sub-folders, or DIR/<class>/ alone)"
+        )
+    if not Path(data.root).expanduser().is_dir():
+        raise FinetuneError(f"data.root={data.root} does not exist or is not a directory")

@@ -1,0 +1,1 @@
+"""Tasks: what differs between kinds of learning (inputs, targets, loss, metrics, pictures)."""
