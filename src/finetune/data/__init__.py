@@ -5,7 +5,8 @@ prep = resolve_preprocessing(model, size)      # mean, std, interpolation from t
 loaders = build_loaders(cfg.data, splits, prep, seed, device)
 """
 
+from finetune.data.datasets import build_splits
 from finetune.data.loaders import Preprocessing, build_loaders, resolve_preprocessing
-from finetune.data.splits import Splits, build_splits
+from finetune.data.splits import Splits
 
 __all__ = ["Preprocessing", "Splits", "build_loaders", "build_splits", "resolve_preprocessing"]

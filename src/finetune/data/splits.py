@@ -30,39 +30,6 @@ class Splits:
     test_source: str = "test"  # which split the test metrics really come from
 
 
-def build_splits(cfg: DictConfig, seed: int) -> Splits:
-    """Dispatch on `data.name` to the data set's builder."""
-    from finetune.data.cifar import cifar10_splits
-    from finetune.data.digits import digits_splits
-    from finetune.data.folders import image_folder_splits
-
-    builders = {
-        "digits": digits_splits,
-        "image_folder": image_folder_splits,
-        "cifar10": cifar10_splits,
-    }
-    if cfg.name not in builders:
-        raise FinetuneError(f"data.name={cfg.name} is unknown; use one of {sorted(builders)}")
-    check_fractions(cfg)
-    splits = builders[cfg.name](cfg, seed)
-    if len(splits.train) == 0 or len(splits.val) == 0:
-        raise FinetuneError(
-            f"data={cfg.name} left an empty train or val split ({len(splits.train)} train, "
-            f"{len(splits.val)} val images); add data or raise data.val_fraction"
-        )
-    return splits
-
-
-def check_fractions(cfg: DictConfig) -> None:
-    """Fractions in [0, 1) that leave training data."""
-    val, test = cfg.val_fraction, cfg.test_fraction
-    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise FinetuneError(
-            f"data.val_fraction={val} and data.test_fraction={test} must each be in [0, 1) "
-            "and add up to less than 1"
-        )
-
-
 def select_classes(
     labels: torch.Tensor, class_names: list[str], wanted: Any
 ) -> tuple[np.ndarray, torch.Tensor, list[str]]:
@@ -104,3 +71,23 @@ def stratified_split(
         rest, test_size=cfg.test_fraction / held_out, stratify=labels[rest], random_state=seed
     )
     return train, val, test
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    """Every sample's label without loading an image: class indices, or 0/1 rows (multi-label).
+
+    Data sets keep their labels as a tensor (`labels`) or as (path, label) `samples`.
+    """
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        labels = getattr(dataset, "dataset", dataset)  # a TrackedDataset wraps the split
+        labels = getattr(labels, "labels", None)
+    if labels is not None:
+        return torch.as_tensor(labels)
+    samples = getattr(getattr(dataset, "dataset", dataset), "samples", None)
+    if samples is None:
+        raise FinetuneError(f"{type(dataset).__name__} lists no labels or samples")
+    labels = [label for _, label in samples]
+    if labels and isinstance(labels[0], torch.Tensor):
+        return torch.stack(labels)
+    return torch.as_tensor(labels)

@@ -19,8 +19,9 @@ class TensorImages(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.images[index]), int(self.labels[index])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        label = self.labels[index]  # a class index, or a 0/1 row of a multi-label set
+        return self.transform(self.images[index]), int(label) if label.ndim == 0 else label
 
 
 class InMemoryImages(Dataset):

@@ -23,9 +23,10 @@ from finetune.engine.loop import Stepper, steps_in_epoch
 from finetune.engine.optim import param_groups
 from finetune.engine.precision import autocast_dtype, grad_scaler, maybe_compile
 from finetune.engine.startup import StartupClock
-from finetune.models.factory import ModelInfo, build_model
+from finetune.models.factory import ModelInfo
 from finetune.models.features import check_cache_features, feature_loaders
 from finetune.models.freeze import Freezer, check_freeze
+from finetune.tasks.base import Task, build_task
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Parts:
     cfg: DictConfig
     device: torch.device
     splits: Splits
+    task: Task
     model: nn.Module  # unwrapped: what checkpoints, the EMA and the pictures use
     model_info: ModelInfo
     prep: Preprocessing
@@ -59,7 +61,8 @@ def build_parts(
     """Data, model, freezing, optimizer and scheduler, precision and EMA, in that order."""
     check_cache_features(cfg)
     splits = build_splits(cfg.data, cfg.seed)
-    model, model_info = build_model(cfg.model, num_classes=len(splits.class_names))
+    task = build_task(cfg, splits.class_names)
+    model, model_info = task.build_model(cfg.model)
     check_freeze(cfg.freeze, model_info.pretrained_loaded)
     if clock:
         clock.mark("model")
@@ -88,9 +91,11 @@ def build_parts(
     )
     dtype = autocast_dtype(cfg.trainer.precision, device)
     ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
-    stepper = Stepper(optimizer, scheduler, device, dtype, grad_scaler(device, dtype), ema, model)
+    criterion = task.loss(splits.train).to(device)
+    scaler = grad_scaler(device, dtype)
+    stepper = Stepper(optimizer, scheduler, device, dtype, scaler, ema, model, task, criterion)
     return Parts(
-        cfg, device, splits, model, model_info, prep, loaders, freezer, trained, net, stepper
+        cfg, device, splits, task, model, model_info, prep, loaders, freezer, trained, net, stepper
     )
 
 

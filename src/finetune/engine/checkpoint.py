@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,89 +21,14 @@ import torch
 from torch import nn
 
 from finetune.models.weights import strip_wrapper_prefixes
+from finetune.safety.atomic import atomic_write, link_atomic
 from finetune.safety.errors import FinetuneError, WriteFailed
-from finetune.safety.faults import chain
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call `write(file_object)` on a temporary file, fsync it, then rename it to `path`."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        # mkstemp makes 0600 files; records and checkpoints get the usual mode (0666 - umask),
-        # so colleagues on a shared cluster can read them.
-        os.fchmod(fd, 0o666 & ~current_umask())
-    except OSError as error:
-        raise write_failed(path, error) from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        # torch.save wraps a failed write (disk full) in a RuntimeError of its zip writer.
-        cause = next((e for e in chain(error) if isinstance(e, OSError)), None)
-        if cause is not None:
-            raise write_failed(path, cause) from None
-        raise
-    fsync_directory(path.parent)
-
-
-def write_failed(path: Path, error: OSError) -> WriteFailed:
-    """The one line for a write that failed (disk full, file too large, no permission)."""
-    return WriteFailed(
-        f"could not write {path}: {error.strerror or error}; the previous file is untouched "
-        "(free disk space or fix permissions)"
-    )
-
-
-def current_umask() -> int:
-    """The process's umask (reading it means setting it; it is set straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_torch(obj: dict[str, Any], path: Path) -> None:
     atomic_write(path, lambda handle: torch.save(obj, handle))
-
-
-def link_atomic(source: Path, target: Path) -> None:
-    """Make `target` the same file as `source` (a hard link, or a copy where links fail)."""
-    tmp = target.with_name(f".{target.name}.link.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        atomic_write(target, lambda handle: handle.write(source.read_bytes()))
-        return
-    try:
-        os.replace(tmp, target)
-    except OSError as error:
-        raise write_failed(target, error) from None
-    fsync_directory(target.parent)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -20,7 +20,6 @@ from finetune.data import Preprocessing, build_loaders, build_splits, resolve_pr
 from finetune.engine.setup import pick_device
 from finetune.models.weights import run_or_file, safe_torch_load
 from finetune.safety.errors import FinetuneError, one_line
-from finetune.tasks.metrics import build_metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +35,14 @@ def model_from_checkpoint(
     """The trained model in eval mode, its preprocessing and its run's config."""
     import timm
 
+    from finetune.engine.state import check_format
+
     if "config" not in state or "model_state_dict" not in state:
         raise FinetuneError(
             "the checkpoint has no config or model_state_dict: it was not "
             "written by this project (use model.pretrained=PATH for weights)"
         )
+    check_format(state, "the checkpoint")
     cfg = OmegaConf.create(state["config"])
     kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
     classes = num_classes or state["model_state_dict"][head_weight_key(state)].shape[0]
@@ -65,10 +67,13 @@ def head_weight_key(state: dict[str, Any]) -> str:
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     """Metrics of `cfg.ckpt` on a split; printed and written as JSON beside the checkpoint."""
-    from finetune.engine.run import evaluate
+    from finetune.engine.loop import evaluate
+    from finetune.engine.state import check_format
+    from finetune.tasks.base import build_task
 
     path = checkpoint_path(str(cfg.ckpt))
     state = safe_torch_load(path)
+    check_format(state, path)
     run_cfg = OmegaConf.create(state["config"])
     data_cfg = cfg.data if "data" in cfg else run_cfg.data  # an optional group
     if cfg.batch_size is not None:
@@ -79,8 +84,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     loaders = build_loaders(data_cfg, splits, prep, run_cfg.seed, device)
     if cfg.split not in loaders:
         raise FinetuneError(f"split={cfg.split} must be one of {sorted(loaders)}")
-    metrics = build_metrics(len(splits.class_names)).to(device)
-    results = evaluate(model.to(device), loaders[cfg.split], metrics, device, cfg.split, None)
+    task = build_task(run_cfg, splits.class_names)
+    metrics = task.metrics().to(device)
+    results = evaluate(model.to(device), loaders[cfg.split], task, metrics, device, cfg.split, None)
     out = path.with_name(f"{path.stem}.eval-{cfg.split}.json")
     out.write_text(
         json.dumps(

@@ -27,6 +27,7 @@ from finetune.records.progress import ProgressBar
 from finetune.safety.errors import FinetuneError
 from finetune.safety.faults import NonFiniteWatch
 from finetune.safety.signals import StopRequest
+from finetune.tasks.base import Task
 
 
 @dataclass
@@ -50,6 +51,8 @@ class Stepper:
     scaler: torch.amp.GradScaler | None
     ema: Any | None  # timm.utils.ModelEmaV3
     ema_source: nn.Module | None  # the unwrapped model the EMA follows
+    task: Task  # how a batch goes in and what its targets are
+    criterion: nn.Module  # the training loss (cfg.loss), on the device
 
 
 def steps_in_epoch(loader: DataLoader, trainer: DictConfig) -> int:
@@ -85,7 +88,7 @@ def train_one_epoch(
     accumulate = trainer.accumulate_grad_batches
     distributed = dist_info().enabled
     model.train()
-    criterion = nn.CrossEntropyLoss()
+    task, criterion = stepper.task, stepper.criterion
     steps = steps_in_epoch(loader, trainer)
     loader.sampler.set_epoch(
         loop.epoch + 1, skip_batches=loop.step_in_epoch * accumulate, batch_size=loader.batch_size
@@ -96,11 +99,10 @@ def train_one_epoch(
     bar = ProgressBar(
         steps, f"epoch {loop.epoch + 1}", enabled=trainer.progress_bar, initial=loop.step_in_epoch
     )
-    for batch, (images, targets) in enumerate(loader, start=1):
+    for batch, data in enumerate(loader, start=1):
         if loop.step_in_epoch >= steps:
             break
-        images = to_device(images, device, trainer.channels_last)
-        targets = targets.to(device, non_blocking=True)
+        images, targets = task.inputs_and_targets(data, device, trainer.channels_last)
         steps_now = batch % accumulate == 0
         # DDP all-reduces gradients on every backward; between steps that is wasted work.
         sync = contextlib.nullcontext() if steps_now or not distributed else model.no_sync()
@@ -171,17 +173,11 @@ def optimizer_step(model: nn.Module, stepper: Stepper, grad_clip: float | None, 
         stepper.ema.update(stepper.ema_source, step=step)
 
 
-def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    images = images.to(device, non_blocking=True)
-    if channels_last and images.ndim == 4:
-        return images.contiguous(memory_format=torch.channels_last)
-    return images
-
-
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
+    task: Task,
     metrics: MetricCollection,
     device: torch.device,
     prefix: str,
@@ -196,17 +192,18 @@ def evaluate(
     model.eval()
     metrics.reset()
     totals = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, sample count
-    for batch, (images, targets) in enumerate(loader):
+    for batch, data in enumerate(loader):
         if limit_batches is not None and batch >= limit_batches:
             break
-        images, targets = images.to(device), targets.to(device)
+        images, targets = task.inputs_and_targets(data, device, channels_last=False)
         with autocast(device, dtype):
             logits = model(images).float()
-        totals[0] += nn.functional.cross_entropy(logits, targets, reduction="sum")
+        totals[0] += task.loss_sum(logits, targets)
         totals[1] += targets.shape[0]
-        metrics.update(logits, targets)
+        probabilities = task.probabilities(logits)
+        metrics.update(probabilities, task.metric_targets(targets))
         if predictions is not None:
-            predictions.update(images, targets, logits)
+            predictions.update(images, targets, probabilities, task.decisions(probabilities))
     results = {f"{prefix}/{k}": float(v) for k, v in metrics.compute().items()}  # synced
     loss_sum, count = all_reduce_sum(totals).tolist()
     return {f"{prefix}/loss": loss_sum / max(1, count), **results}

@@ -13,17 +13,11 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.safety.errors import FinetuneError
-
-if TYPE_CHECKING:  # resume_argv runs before torch is imported; these are for the types only
-    from torch import nn
-
-    from finetune.engine.checkpoint import Checkpointer
-    from finetune.engine.loop import Stepper
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +120,11 @@ def load_resume_state(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, dict[
         return cfg, None  # resume=auto in a run that has not saved yet: a fresh start
     from hydra.core.hydra_config import HydraConfig
 
+    from finetune.engine.state import check_format
     from finetune.models.weights import safe_torch_load
 
     state = safe_torch_load(path)
+    check_format(state, path)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     merged = merge_resume_config(
         cfg, state["config"], overrides, list(cfg.checkpoint.resume_may_change)
@@ -144,7 +140,7 @@ def trim_metrics_csv(path: Path, last_epoch: int) -> None:
         return
     import csv
 
-    from finetune.engine.checkpoint import atomic_write
+    from finetune.safety.atomic import atomic_write
 
     with path.open(newline="") as handle:
         rows = list(csv.reader(handle))
@@ -159,22 +155,3 @@ def trim_metrics_csv(path: Path, last_epoch: int) -> None:
     buffer = StringIO()
     csv.writer(buffer).writerows(kept)
     atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode()))
-
-
-def restore(
-    state: dict[str, Any], model: nn.Module, stepper: Stepper, checkpointer: Checkpointer
-) -> None:
-    """Load a checkpoint's full state; the next step is the one the saved run would take."""
-    from finetune.engine.checkpoint import set_rng_state  # torch: not before a run starts
-    from finetune.models.weights import load_exact
-
-    load_exact(model, state["model_state_dict"], "the resumed checkpoint")
-    stepper.optimizer.load_state_dict(state["optimizer_state_dict"])
-    stepper.scheduler.load_state_dict(state["scheduler"])
-    if stepper.scaler is not None and state["scaler"] is not None:
-        stepper.scaler.load_state_dict(state["scaler"])
-    if stepper.ema is not None and state["ema_state_dict"] is not None:
-        load_exact(stepper.ema.module, state["ema_state_dict"], "the resumed EMA weights")
-    checkpointer.restore(state)
-    set_rng_state(state["rng"])
-    log.info("Resumed at epoch %d, step %d", state["loop"]["epoch"], state["global_step"])

@@ -1,305 +1,304 @@
-"""One training run, top to bottom: build, (resume), train, evaluate, record, test.
+"""One training run as a recipe, top to bottom: setup, fit, test.
 
-`run(cfg)` is the whole flow; `train_one_epoch` and `evaluate` (loop.py) are called inline in
-the epoch loop, beside logging and checkpointing, in plain sight. Under torchrun every rank
-runs this; only rank 0 writes files.
+    run(cfg)
+      setup(cfg)  -> Run: data, task, model, freezing, optimizer, precision, EMA (build.py),
+                     loggers, checkpointer, and the resumed state when `resume=` asks
+      fit(run)    -> for each epoch: train_one_epoch, evaluate, record, checkpoint
+      test(run)   -> the best checkpoint on the test split, recorded in summary.json
+
+Nothing here knows the task or the model source: they come in through `run.parts.task`. Under
+torchrun every rank runs this; only rank 0 writes files.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import time
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from torch import nn
+from torchmetrics import MetricCollection
 
-from finetune.engine.build import build_parts
-from finetune.engine.checkpoint import FORMAT_VERSION, Checkpointer, model_state, rng_state
+from finetune.engine.build import Parts, build_parts
+from finetune.engine.checkpoint import Checkpointer
 from finetune.engine.distributed import (
+    DistInfo,
     barrier,
     broadcast_from_main,
     dist_info,
-    quiet_other_ranks,
     rank_device,
 )
 from finetune.engine.loop import LoopState, evaluate, train_one_epoch
 from finetune.engine.optim import add_param_groups
-from finetune.engine.resume import load_resume_state, restore, trim_metrics_csv
-from finetune.engine.rundir import read_summary, write_hparams, write_summary
-from finetune.engine.setup import model_summary, pick_device, seed_everything
+from finetune.engine.records import (
+    checkpoint_metadata,
+    describe,
+    faults_so_far,
+    finish_summary,
+    format_metrics,
+    record_epoch,
+    record_failure,
+    record_start,
+    start_summary,
+)
+from finetune.engine.resume import load_resume_state, trim_metrics_csv
+from finetune.engine.rundir import RunPaths
+from finetune.engine.setup import pick_device, seed_everything
 from finetune.engine.startup import StartupClock
-from finetune.models.factory import count_parameters
+from finetune.engine.state import restore, state_of
 from finetune.models.weights import load_exact, safe_torch_load
-from finetune.records.loggers import build_loggers, flat_hparams
-from finetune.records.progress import log_to_file_only
+from finetune.records.loggers import Loggers, build_loggers, flat_hparams
+from finetune.records.predictions import Predictions
 from finetune.safety.checks import check_config
-from finetune.safety.errors import WriteFailed, one_line
-from finetune.safety.faults import explain, fault_counts, status_of
+from finetune.safety.errors import WriteFailed
 from finetune.safety.signals import RunStopped, StopRequest
 from finetune.sweep.pruning import report as report_to_sweeper
-from finetune.tasks.metrics import build_metrics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """Everything one run holds between its phases."""
+
+    cfg: DictConfig
+    paths: RunPaths
+    rank: DistInfo
+    parts: Parts  # data, task, model, freezing, optimizer, precision, EMA
+    net: nn.Module  # what the loop trains: compiled and DDP-wrapped as the config asks
+    metrics: MetricCollection  # the task's, on the device
+    checkpointer: Checkpointer
+    loggers: Loggers
+    loop: LoopState
+    summary: dict[str, Any]
+    stop: StopRequest
 
 
 def run(cfg: DictConfig) -> float:
     """Train, validate every epoch, test the best checkpoint; return the best monitored value."""
     started = time.time()
-    run_dir = Path(cfg.paths.output_dir)
-    cfg, resumed = load_resume_state(cfg, run_dir)
-    summary = (read_summary(run_dir) or {}) if resumed else {}
-    summary.update(status="running", run_dir=str(run_dir), monitor=cfg.monitor, mode=cfg.mode)
-    summary.pop("error", None)
-    is_main = dist_info().is_main
-    if is_main:
-        write_summary(run_dir, summary)
-    else:
-        quiet_other_ranks()
+    cfg, resumed = load_resume_state(cfg, Path(cfg.paths.output_dir))
+    paths = RunPaths(Path(cfg.paths.output_dir), cfg.checkpoint.dirname)
+    summary = start_summary(paths, cfg, resumed)
     stop = StopRequest()
     try:
-        best = train_and_test(cfg, run_dir, summary, resumed, stop)
+        current = setup(cfg, paths, summary, resumed, stop)
+        fit(current)
+        best = test(current)
     except RunStopped as stopped:
-        finish_summary(run_dir, summary, stopped.status, started)
+        finish_summary(paths, summary, stopped.status, started)
         log.warning(
-            "Run %s; last.pt is saved. Continue with: python train.py resume=%s", stopped, run_dir
+            "Run %s; last.pt is saved. Continue with: python train.py resume=%s",
+            stopped,
+            paths.root,
         )
         stop.hand_over(stopped.signum)  # submitit: requeue the job (it continues by resume=auto)
         raise SystemExit(stopped.exit_code) from None
     except BaseException as error:
-        fault = explain(error, cfg)  # out of memory, a dead worker, ...: one line with the fix
-        interrupted = isinstance(error, KeyboardInterrupt)
-        summary["error"] = None if interrupted else one_line(fault)
-        finish_summary(run_dir, summary, status_of(fault), started)
-        if interrupted:  # a second Ctrl-C: stopped at once, mid-step
-            log.warning(
-                "Interrupted again: stopped at once; the last saved last.pt is whole. "
-                "Continue with: python train.py resume=%s",
-                run_dir,
-            )
-            raise SystemExit(128 + signal.SIGINT) from None
-        if fault is not error:
-            raise fault from None
+        record_failure(error, cfg, paths, summary, started)
         raise
     finally:
         stop.close()
-    finish_summary(run_dir, summary, "completed", started)
+    finish_summary(paths, summary, "completed", started)
     log.info(
         "Done in %.1fs: %s | run directory %s",
         time.time() - started,
         format_metrics(summary["test"]),
-        run_dir,
+        paths.root,
     )
     return best
 
 
-def finish_summary(run_dir: Path, summary: dict[str, Any], status: str, started: float) -> None:
-    if not dist_info().is_main:
-        return
-    summary["status"] = status
-    summary["wall_time_s"] = round(summary.get("wall_time_s_before", 0) + time.time() - started, 2)
-    write_summary(run_dir, summary)
-
-
-def train_and_test(
+def setup(
     cfg: DictConfig,
-    run_dir: Path,
+    paths: RunPaths,
     summary: dict[str, Any],
     resumed: dict[str, Any] | None,
     stop: StopRequest,
-) -> float:
+) -> Run:
+    """Build the run's parts, its records and its checkpointer; restore them on resume."""
     clock = StartupClock("imports")  # python, torch, Hydra's config: all before this line
     check_config(cfg)
     rank = dist_info()
     device = rank_device(cfg.trainer.device, rank) or pick_device(cfg.trainer.device)
     seed_everything(cfg.seed)
     torch.autograd.set_detect_anomaly(cfg.trainer.detect_anomaly)  # the op that made a NaN
-
     parts = build_parts(cfg, device, rank, clock)
-    model, splits, prep, loaders = parts.model, parts.splits, parts.prep, parts.loaders
-    net, freezer, stepper = parts.net, parts.freezer, parts.stepper
-    optimizer, scheduler, ema = stepper.optimizer, stepper.scheduler, stepper.ema
-    metrics = build_metrics(len(splits.class_names)).to(device)
+    checkpoint = cfg.checkpoint
     checkpointer = Checkpointer(
-        run_dir / cfg.checkpoint.dirname,
+        paths.checkpoints,
         cfg.monitor,
         cfg.mode,
-        cfg.checkpoint.save_top_k,
-        cfg.checkpoint.save_safetensors,
-        cfg.checkpoint.on_error,
+        checkpoint.save_top_k,
+        checkpoint.save_safetensors,
+        checkpoint.on_error,
     )
-    loop = LoopState()
-    if resumed is not None:
-        loop = LoopState(**resumed["loop"])
-        # Thaw as the saved run had by then, so the optimizer has the same groups.
-        for epoch in range(2, loop.epoch + 1 + (loop.step_in_epoch > 0)):
-            add_param_groups(optimizer, scheduler, parts.trainable_groups(freezer.apply(epoch)))
-        restore(resumed, model, stepper, checkpointer)
-        trim_metrics_csv(run_dir / "metrics.csv", loop.epoch)
-        summary["wall_time_s_before"] = summary.get("wall_time_s", 0)
     loggers = build_loggers(
         cfg,
-        run_dir,
+        paths.root,
         is_main=rank.is_main,
         wandb_run_id=resumed["wandb_run_id"] if resumed is not None else None,
-        resume_step=loop.global_step if resumed is not None else None,
+        resume_step=resumed["global_step"] if resumed is not None else None,
     )
-
-    params = count_parameters(model)
-    if resumed is None and rank.is_main:
-        facts = {
-            "device": str(device),
-            "world_size": rank.world_size,
-            "model": asdict(parts.model_info),
-            "parameters": params,
-            "preprocessing": prep.as_dict(),
-            "classes": splits.class_names,
-            "split_sizes": {k: len(v.dataset) for k, v in loaders.items()},
-            "test_split": splits.test_source,
-        }
-        write_hparams(run_dir, cfg, facts)
-        log_to_file_only(model_summary(model, prep.image_size, device))
-    summary.update(pretrained=parts.model_info.pretrained_source, classes=splits.class_names)
-    log.info(
-        "%s (%s) on %s: %d classes, %s parameters (%s trainable); %d train images",
-        cfg.model.name,
-        parts.model_info.pretrained_source,
-        device,
-        len(splits.class_names),
-        f"{params['total']:,}",
-        f"{params['trainable']:,}",
-        len(splits.train),
+    metrics = parts.task.metrics().to(device)
+    run = Run(
+        cfg,
+        paths,
+        rank,
+        parts,
+        parts.net,
+        metrics,
+        checkpointer,
+        loggers,
+        LoopState(),
+        summary,
+        stop,
     )
-    metadata = {"model": cfg.model.name, "classes": ",".join(splits.class_names)}
-
-    def checkpoint_state(loss: float, val: dict[str, float]) -> dict[str, Any]:
-        """The classic PyTorch checkpoint dict, plus what an exact resume needs."""
-        return {
-            "epoch": loop.epoch,
-            "model_state_dict": model_state(model),
-            "optimizer_state_dict": optimizer.state_dict(),
-            "loss": loss,
-            "scheduler": scheduler.state_dict(),
-            "scaler": stepper.scaler.state_dict() if stepper.scaler else None,
-            "ema_state_dict": model_state(ema.module) if ema else None,
-            "global_step": loop.global_step,
-            "loop": asdict(loop),
-            "rng": rng_state(),
-            "metrics": val,
-            "classes": splits.class_names,
-            "freeze": {"policy": cfg.freeze.policy, "frozen_stages": freezer.frozen},
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "wandb_run_id": loggers.wandb_run_id,
-            "format_version": FORMAT_VERSION,
-        }
-
-    def save_mid_epoch(loss: float) -> None:
-        if rank.is_main:
-            checkpointer.save_last(checkpoint_state(loss, {}))
-        barrier()
-
+    if resumed is not None:
+        restore(resumed, run)
+        trim_metrics_csv(paths.metrics_csv, run.loop.epoch)
+        summary["wall_time_s_before"] = summary.get("wall_time_s", 0)
+        log.info("Resumed at epoch %d, step %d", run.loop.epoch, run.loop.global_step)
+    else:
+        record_start(run)
+    describe(run)
     clock.mark("setup")
-    clock.stop_at_first_step(optimizer, summary)  # compile and the first batch count here
-    while loop.epoch < cfg.trainer.epochs:
-        epoch = loop.epoch + 1
-        epoch_start = time.time()
-        thawed = freezer.apply(epoch)  # gradual: the backbone joins the optimizer
-        if thawed:
-            add_param_groups(optimizer, scheduler, parts.trainable_groups(thawed))
-            net = parts.wrap(parts.trained)
-        train_loss, images_per_s = train_one_epoch(
-            net, loaders["train"], stepper, loggers, cfg, loop, stop, save_mid_epoch
-        )
-        # Pictures of predictions need images, which cached features are not.
-        samples = (
-            None
-            if net is not model
-            else loggers.predictions(model, splits.class_names, prep.mean, prep.std)
-        )
-        val = evaluate(
-            net,
-            loaders["val"],
-            metrics,
-            device,
-            "val",
-            cfg.trainer.limit_val_batches,
-            samples,
-            stepper.dtype,
-        )
-        if ema is not None:  # the EMA weights, judged beside the raw ones
-            ema_net = ema.module if net is model else ema.module.get_classifier()
-            ema_val = evaluate(
-                ema_net,
-                loaders["val"],
-                metrics,
-                device,
-                "val",
-                cfg.trainer.limit_val_batches,
-                None,
-                stepper.dtype,
-            )
-            val.update({k.replace("val/", "val_ema/"): v for k, v in ema_val.items()})
-        loop.epoch, loop.step_in_epoch, loop.epoch_loss_sum = epoch, 0, 0.0
-        row = {
-            "epoch": epoch,
-            "step": loop.global_step,
-            "train/loss": train_loss,
-            **val,
-            "lr": optimizer.param_groups[0]["lr"],
-            "images_per_s": images_per_s,
-            "epoch_time_s": time.time() - epoch_start,
-        }
-        # The row goes first: a crash between the two leaves a row that a resume trims, never a
-        # checkpoint whose epoch has no row.
-        loggers.log_epoch(row)
-        is_best = False
-        if rank.is_main:
-            is_best = checkpointer.save(checkpoint_state(train_loss, val), model, val, metadata)
-        barrier()
-        # train/loss is the step loss in the scalar logs; the epoch's mean gets its own tag.
-        scalars = {k: v for k, v in row.items() if k not in ("epoch", "step", "train/loss")}
-        loggers.log_metrics({"train/loss_epoch": train_loss, **scalars}, loop.global_step)
-        loggers.log_predictions(samples, epoch, loop.global_step)  # image grid, confusion matrix
-        loggers.log_histograms(model, epoch, loop.global_step)  # the last step's .grad: no sync
-        log.info(
-            "epoch %d/%d | train/loss %.4f | %s | lr %.2e | %.0f img/s | %.1fs%s",
-            epoch,
-            cfg.trainer.epochs,
-            train_loss,
-            format_metrics(val),
-            row["lr"],
-            images_per_s,
-            row["epoch_time_s"],
-            " | best" if is_best else "",
-        )
-        summary.update(best=checkpointer.best, final=row, epochs_done=epoch)
-        summary.update(fault_counts(checkpointer, splits))  # failed saves, skipped images
-        if rank.is_main:
-            write_summary(run_dir, summary)
-        report_to_sweeper(epoch, val[cfg.monitor])  # an Optuna pruner may stop this trial
-        if stop.requested:
-            raise stop.stopped()
+    clock.stop_at_first_step(parts.stepper.optimizer, summary)  # compile, first batch count here
+    return run
 
-    best_path = broadcast_from_main(checkpointer.best["path"])
+
+def fit(run: Run) -> None:
+    """Epochs until `trainer.epochs`, each one recorded and checkpointed."""
+    while run.loop.epoch < run.cfg.trainer.epochs:
+        run_epoch(run)
+        if run.stop.requested:
+            raise run.stop.stopped()
+
+
+def run_epoch(run: Run) -> None:
+    """Train one epoch, validate, write its row, save its checkpoint, record its pictures."""
+    cfg, parts, loop = run.cfg, run.parts, run.loop
+    epoch, epoch_start = loop.epoch + 1, time.time()
+    thawed = parts.freezer.apply(epoch)  # gradual: the backbone joins the optimizer
+    if thawed:
+        stepper = parts.stepper
+        add_param_groups(stepper.optimizer, stepper.scheduler, parts.trainable_groups(thawed))
+        run.net = parts.wrap(parts.trained)
+    train_loss, images_per_s = train_one_epoch(
+        run.net,
+        parts.loaders["train"],
+        parts.stepper,
+        run.loggers,
+        cfg,
+        loop,
+        run.stop,
+        lambda loss: save_mid_epoch(run, loss),
+    )
+    samples = prediction_samples(run)
+    val = validate(run, samples)
+    loop.epoch, loop.step_in_epoch, loop.epoch_loss_sum = epoch, 0, 0.0
+    row = {
+        "epoch": epoch,
+        "step": loop.global_step,
+        "train/loss": train_loss,
+        **val,
+        "lr": parts.stepper.optimizer.param_groups[0]["lr"],
+        "images_per_s": images_per_s,
+        "epoch_time_s": time.time() - epoch_start,
+    }
+    # The row goes first: a crash between the two leaves a row that a resume trims, never a
+    # checkpoint whose epoch has no row.
+    run.loggers.log_epoch(row)
+    is_best = save_epoch(run, train_loss, val)
+    record_epoch(run, row, samples, is_best)
+    report_to_sweeper(epoch, val[cfg.monitor])  # an Optuna pruner may stop this trial
+
+
+def validate(run: Run, samples: Predictions | None) -> dict[str, float]:
+    """val/* metrics of the trained weights, and val_ema/* of the EMA weights when there are."""
+    parts, limit = run.parts, run.cfg.trainer.limit_val_batches
+    stepper, loader = parts.stepper, parts.loaders["val"]
+    val = evaluate(
+        run.net,
+        loader,
+        parts.task,
+        run.metrics,
+        stepper.device,
+        "val",
+        limit,
+        samples,
+        stepper.dtype,
+    )
+    if stepper.ema is not None:
+        ema = stepper.ema.module if run.net is parts.model else stepper.ema.module.get_classifier()
+        ema_val = evaluate(
+            ema, loader, parts.task, run.metrics, stepper.device, "val", limit, None, stepper.dtype
+        )
+        val.update({k.replace("val/", "val_ema/"): v for k, v in ema_val.items()})
+    return val
+
+
+def prediction_samples(run: Run) -> Predictions | None:
+    """A collector for the validation pictures: on the plain model only (cached features are
+    no images; a compiled or DDP-wrapped model keeps its hooks to itself)."""
+    if run.net is not run.parts.model:
+        return None
+    prep = run.parts.prep
+    return run.loggers.predictions(run.parts.model, run.parts.task, prep.mean, prep.std)
+
+
+def save_epoch(run: Run, train_loss: float, val: dict[str, float]) -> bool:
+    """last.pt, and best/top-k when the monitor improved (rank 0); True when this is best."""
+    is_best = False
+    if run.rank.is_main:
+        metadata = checkpoint_metadata(run)
+        state = state_of(run, train_loss, val)
+        is_best = run.checkpointer.save(state, run.parts.model, val, metadata)
+    barrier()
+    return is_best
+
+
+def save_mid_epoch(run: Run, loss: float) -> None:
+    """A step checkpoint, or the save before stopping on a signal (no metrics: no best/top-k)."""
+    if run.rank.is_main:
+        run.checkpointer.save_last(state_of(run, loss, {}))
+    barrier()
+
+
+def test(run: Run) -> float:
+    """The best checkpoint's weights on the test split; returns the best monitored value."""
+    cfg, parts, loggers = run.cfg, run.parts, run.loggers
+    best_path = broadcast_from_main(run.checkpointer.best["path"])
     if best_path is None:  # every save failed, under checkpoint.on_error=warn
         raise WriteFailed("no checkpoint could be saved in this run; free disk space, run again")
-    load_exact(model, safe_torch_load(Path(best_path))["model_state_dict"], best_path)
-    test = evaluate(net, loaders["test"], metrics, device, "test", None, None, stepper.dtype)
-    loggers.log_metrics(test, loop.global_step)
-    best_score = float(broadcast_from_main(checkpointer.best["score"]))
-    final = {k: v for k, v in summary["final"].items() if k.startswith(("train/", "val/"))}
-    loggers.log_hparams(flat_hparams(cfg), {**final, f"best/{cfg.monitor}": best_score, **test})
-    loggers.log_checkpoint(Path(best_path), metadata)
-    loggers.finish("completed")
-    summary.update(
-        test=test, test_split=splits.test_source, best_checkpoint=checkpointer.best["path"]
+    load_exact(parts.model, safe_torch_load(Path(best_path))["model_state_dict"], best_path)
+    stepper = parts.stepper
+    test_metrics = evaluate(
+        run.net,
+        parts.loaders["test"],
+        parts.task,
+        run.metrics,
+        stepper.device,
+        "test",
+        None,
+        None,
+        stepper.dtype,
     )
-    summary.update(fault_counts(checkpointer, splits))
+    loggers.log_metrics(test_metrics, run.loop.global_step)
+    best_score = float(broadcast_from_main(run.checkpointer.best["score"]))
+    final = {k: v for k, v in run.summary["final"].items() if k.startswith(("train/", "val/"))}
+    hparam_metrics = {**final, f"best/{cfg.monitor}": best_score, **test_metrics}
+    loggers.log_hparams(flat_hparams(cfg), hparam_metrics)
+    loggers.log_checkpoint(Path(best_path), checkpoint_metadata(run))
+    loggers.finish("completed")
+    run.summary.update(
+        test=test_metrics,
+        test_split=parts.splits.test_source,
+        best_checkpoint=run.checkpointer.best["path"],
+    )
+    run.summary.update(faults_so_far(run))
     return best_score
-
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())

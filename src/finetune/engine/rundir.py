@@ -1,4 +1,9 @@
-"""The run directory's records: hparams.yaml (what ran) and summary.json (how it ended)."""
+"""The run directory: where each of its files lives (RunPaths), and its records.
+
+The layout is a contract that users, eval.py, resume and the tests rely on (DESIGN.md, "The run
+directory"); RunPaths is the one place that spells its file names. hparams.yaml says what ran,
+summary.json how it ended. No torch here: the sweep callback reads run directories too.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import logging
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -14,9 +20,62 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.engine.checkpoint import atomic_write
+from finetune.safety.atomic import write_text
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every path of one run directory, by name."""
+
+    root: Path
+    checkpoint_dirname: str = "checkpoints"
+
+    @property
+    def hparams(self) -> Path:
+        return self.root / "hparams.yaml"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "run.lock"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / self.checkpoint_dirname
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def safetensors(self) -> Path:
+        return self.checkpoints / "model.safetensors"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def wandb(self) -> Path:
+        return self.root / "wandb"
+
 
 PACKAGES = ("torch", "torchvision", "timm", "hydra-core", "torchmetrics", "numpy", "finetune")
 
@@ -48,7 +107,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def write_hparams(run_dir: Path, cfg: DictConfig, facts: dict[str, Any]) -> None:
+def write_hparams(paths: RunPaths, cfg: DictConfig, facts: dict[str, Any]) -> None:
     """hparams.yaml: the resolved config plus facts no config holds (commit, versions, ...)."""
     record = {
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -59,18 +118,13 @@ def write_hparams(run_dir: Path, cfg: DictConfig, facts: dict[str, Any]) -> None
             **facts,
         },
     }
-    write_text(run_dir / "hparams.yaml", yaml.safe_dump(record, sort_keys=False))
+    write_text(paths.hparams, yaml.safe_dump(record, sort_keys=False))
 
 
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+def write_summary(paths: RunPaths, summary: dict[str, Any]) -> None:
     """summary.json, rewritten whole (atomically) at every change of status."""
-    write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_text(paths.summary, json.dumps(summary, indent=2, default=str) + "\n")
 
 
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text.encode()))
+def read_summary(paths: RunPaths) -> dict[str, Any] | None:
+    return json.loads(paths.summary.read_text()) if paths.summary.is_file() else None

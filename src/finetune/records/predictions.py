@@ -29,6 +29,8 @@ class Predictions:
         self,
         model: nn.Module,
         class_names: list[str],
+        label_text: Callable[[torch.Tensor], str],
+        draw: Callable[[Predictions, int, int], dict[str, torch.Tensor]],
         mean: tuple[float, ...],
         std: tuple[float, ...],
         images: int,
@@ -37,6 +39,8 @@ class Predictions:
     ) -> None:
         self.model = model
         self.class_names = list(class_names)
+        self.label_text = label_text  # the task's: a target or a decision in words
+        self.draw = draw  # the task's pictures of this pass
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.max_images = images
@@ -68,13 +72,18 @@ class Predictions:
     def grab_features(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         self.batch_features = args[0]
 
-    def update(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> None:
+    def update(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        probabilities: torch.Tensor,
+        decisions: torch.Tensor,
+    ) -> None:
         """Keep one batch's outputs (on the device; no host sync)."""
         self.parts["targets"].append(targets.detach())
-        self.parts["preds"].append(logits.detach().argmax(dim=1))
+        self.parts["preds"].append(decisions.detach())
         if self.max_pr_classes:
-            probs = logits.detach().float().softmax(dim=1)
-            self.parts["probs"].append(probs[:, : self.max_pr_classes])
+            self.parts["probs"].append(probabilities.detach()[:, : self.max_pr_classes])
         take = min(self.max_images - self.kept_images, images.shape[0])
         if take > 0:
             self.parts["images"].append(images[:take].detach())
@@ -112,6 +121,14 @@ class Predictions:
         """Back to [0, 1] RGB for display (one-channel images are repeated to three)."""
         images = (images.float() * self.std + self.mean).clamp(0, 1)
         return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+    def task_pictures(self, images: int, epoch: int) -> dict[str, torch.Tensor]:
+        """The task's pictures of this pass (drawn once, however many backends show them)."""
+        return self.picture(("task", images), lambda: self.draw(self, images, epoch))
+
+    def is_target(self, index: int) -> torch.Tensor:
+        """Whether each sample's truth includes class `index` (one class, or a 0/1 row)."""
+        return self.targets[:, index] > 0 if self.targets.ndim == 2 else self.targets == index
 
     def picture(self, key: Any, draw: Callable[[], Any]) -> Any:
         """Draw a picture once per pass, however many backends show it."""

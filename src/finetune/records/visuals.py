@@ -8,6 +8,7 @@ display needed, nothing left open between epochs.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,17 +26,18 @@ PER_ROW = 8
 RIGHT, WRONG = (60, 200, 90), (235, 70, 70)
 
 
-def labelled_grid(predictions: Predictions, count: int) -> torch.Tensor:
-    """The first `count` validation images, each captioned with its true and predicted class.
+def labelled_grid(
+    predictions: Predictions, count: int, label_text: Callable[[torch.Tensor], str]
+) -> torch.Tensor:
+    """The first `count` validation images, each captioned with its true and predicted labels.
 
     The caption and the tile's border are green when the prediction is right, red when wrong.
     Returns a float (3, H, W) tensor in [0, 1] (torchvision's make_grid of the tiles).
     """
     from torchvision.utils import make_grid
 
-    names = predictions.class_names
     tiles = [
-        caption_tile(image, names[int(predictions.targets[i])], names[int(predictions.preds[i])])
+        caption_tile(image, label_text(predictions.targets[i]), label_text(predictions.preds[i]))
         for i, image in enumerate(predictions.images[:count])
     ]
     if not tiles:

@@ -13,6 +13,7 @@ import errno
 import itertools
 import re
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,8 +46,16 @@ IN_WORKER = re.compile(r"in DataLoader worker process (\d+)")
 FULL_DISK = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
-def explain(error: BaseException, cfg: DictConfig) -> BaseException:
-    """The fault behind `error` as a FinetuneError with its status and exit code; else `error`."""
+def explain(
+    error: BaseException,
+    cfg: DictConfig,
+    worker_sample: Callable[[int], str | None] = lambda pid: None,
+) -> BaseException:
+    """The fault behind `error` as a FinetuneError with its status and exit code; else `error`.
+
+    `worker_sample(pid)` names what a data loader worker was loading (data/tracking.py's
+    `last_sample_of`, passed in by the engine: safety knows nothing of data).
+    """
     if isinstance(error, FinetuneError):
         return from_worker(error)
     if not isinstance(error, Exception):
@@ -57,7 +66,7 @@ def explain(error: BaseException, cfg: DictConfig) -> BaseException:
     # PyTorch says "exited unexpectedly" wrapped around "is killed by signal: X": the latter.
     deaths = sorted(DEAD_WORKER.finditer(text), key=lambda m: m.group("signal") is None)
     if deaths:
-        return DataFault(dead_worker_line(deaths[0], cfg))
+        return DataFault(dead_worker_line(deaths[0], cfg, worker_sample))
     if "returned nan values" in text or "returned inf values" in text:
         return Diverged(
             f"{one_line(error)} (trainer.detect_anomaly=true: the forward call that made it is "
@@ -103,10 +112,10 @@ def out_of_memory_line(text: str, cfg: DictConfig) -> str:
     )
 
 
-def dead_worker_line(match: re.Match[str], cfg: DictConfig) -> str:
-    """Name the worker, the sample it was on (data/tracking.py), and the likely cause."""
-    from finetune.data.tracking import last_sample_of
-
+def dead_worker_line(
+    match: re.Match[str], cfg: DictConfig, worker_sample: Callable[[int], str | None]
+) -> str:
+    """Name the worker, the sample it was on, and the likely cause."""
     pid = int(match.group("pids").split(",")[0])
     how = (
         f"was killed by {signal_name(match.group('signal').strip())}"
@@ -115,7 +124,7 @@ def dead_worker_line(match: re.Match[str], cfg: DictConfig) -> str:
         if match.group("code")
         else "exited unexpectedly"
     )
-    where = last_sample_of(pid) or f"data loader worker (pid {pid})"
+    where = worker_sample(pid) or f"data loader worker (pid {pid})"
     fix = (
         "the shared memory (/dev/shm) is too small: raise it (docker --shm-size) or lower "
         "data.num_workers"
@@ -208,13 +217,11 @@ def finite_weights(model: nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-def fault_counts(checkpointer: Any, splits: Any) -> dict[str, Any]:
+def fault_counts(checkpointer: Any, skipped: dict[str, Any]) -> dict[str, Any]:
     """What went wrong without stopping the run, for summary.json: saves that failed under
-    checkpoint.on_error=warn, images skipped under data.on_bad_image=skip."""
-    from finetune.data.folders import skipped_images
-
+    checkpoint.on_error=warn, and the `skipped` images (data.on_bad_image=skip)."""
     counts: dict[str, Any] = {}
     if checkpointer.on_error == "warn":
         counts["failed_checkpoint_saves"] = checkpointer.failed_saves
-    counts.update(skipped_images(splits))
+    counts.update(skipped)
     return counts

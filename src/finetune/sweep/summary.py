@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import atexit
 import csv
+import io
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from finetune.engine.rundir import RunPaths
+from finetune.safety.atomic import write_text
 from finetune.safety.errors import one_line
 
 log = logging.getLogger(__name__)
@@ -99,11 +101,12 @@ def job_outcome(job_return: JobReturn) -> tuple[str, str]:
 
 def mark_summary(run_dir: Path, status: str, error: str) -> None:
     """Make summary.json say how the job ended, also when it failed before run() wrote one."""
-    from finetune.engine.rundir import read_summary, write_summary  # imports torch: only in a job
+    from finetune.engine.rundir import RunPaths, read_summary, write_summary
 
-    summary = read_summary(run_dir) or {"run_dir": str(run_dir)}
+    paths = RunPaths(run_dir)
+    summary = read_summary(paths) or {"run_dir": str(run_dir)}
     summary.update(status=status, error=error)
-    write_summary(run_dir, summary)
+    write_summary(paths, summary)
 
 
 def collect_rows(sweep_dir: Path, monitor: str) -> list[dict[str, Any]]:
@@ -113,7 +116,7 @@ def collect_rows(sweep_dir: Path, monitor: str) -> list[dict[str, Any]]:
     for overrides_file in sweep_dir.glob("**/.hydra/overrides.yaml"):
         run_dir = overrides_file.parent.parent
         hydra_cfg = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]
-        summary = read_json(run_dir / "summary.json")
+        summary = read_json(RunPaths(run_dir).summary)
         rows.append(
             {
                 "job": hydra_cfg["job"]["num"],
@@ -143,12 +146,11 @@ def write_csv(sweep_dir: Path, monitor: str) -> list[dict[str, Any]]:
     rows = collect_rows(sweep_dir, monitor)
     if not rows:
         return rows
-    tmp = sweep_dir / f".{SUMMARY}.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, sweep_dir / SUMMARY)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(sweep_dir / SUMMARY, buffer.getvalue())
     return rows
 
 

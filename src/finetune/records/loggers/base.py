@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from finetune.records.predictions import Predictions
+    from finetune.tasks.base import Task
 
 
 class Logger:
@@ -82,7 +83,7 @@ class Loggers(Logger):
     def predictions(
         self,
         model: nn.Module,
-        class_names: list[str],
+        task: Task,
         mean: tuple[float, ...],
         std: tuple[float, ...],
     ) -> Predictions | None:
@@ -93,7 +94,9 @@ class Loggers(Logger):
 
         return Predictions(
             model,
-            class_names,
+            task.class_names,
+            task.label_text,
+            task.pictures,
             mean,
             std,
             images=self.images,

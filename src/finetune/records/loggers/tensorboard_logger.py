@@ -59,19 +59,13 @@ class TensorBoardLogger(Logger):
                 self.writer.add_histogram(f"gradients/{name}", param.grad.detach(), step)
 
     def log_predictions(self, predictions: Predictions, epoch: int, step: int) -> None:
-        from finetune.records.visuals import confusion_image, labelled_grid
-
-        if self.grid_images:
-            count = self.grid_images
-            grid = predictions.picture(("grid", count), lambda: labelled_grid(predictions, count))
-            self.writer.add_image("val/images", grid, step)
-        if self.confusion_matrix:
-            matrix = predictions.picture("confusion", lambda: confusion_image(predictions, epoch))
-            self.log_images("val/confusion_matrix", matrix, step)
+        for tag, picture in predictions.task_pictures(self.grid_images, epoch).items():
+            if tag != "val/confusion_matrix" or self.confusion_matrix:
+                self.log_images(tag, picture, step)
         for index in range(min(self.pr_curve_classes, predictions.probs.shape[1])):
             self.writer.add_pr_curve(
                 f"pr_curve/{predictions.class_names[index]}",
-                predictions.targets == index,
+                predictions.is_target(index),
                 predictions.probs[:, index],
                 step,
             )
@@ -79,7 +73,7 @@ class TensorBoardLogger(Logger):
             count = predictions.features.shape[0]
             self.writer.add_embedding(
                 predictions.features,
-                metadata=[predictions.class_names[i] for i in predictions.targets[:count]],
+                metadata=[predictions.label_text(t) for t in predictions.targets[:count]],
                 label_img=predictions.sprites,
                 global_step=step,
                 tag="val/features",

@@ -118,17 +118,11 @@ class WandbLogger(Logger):
         self.run.log({tag: wandb.Image(pixels)}, step=step)
 
     def log_predictions(self, predictions: Predictions, epoch: int, step: int) -> None:
-        from finetune.records.visuals import confusion_image, labelled_grid
-
         if self.run is None:
             return
-        if self.images:
-            count = self.images
-            grid = predictions.picture(("grid", count), lambda: labelled_grid(predictions, count))
-            self.log_images("val/images", grid, step)
-        if self.confusion_matrix:
-            matrix = predictions.picture("confusion", lambda: confusion_image(predictions, epoch))
-            self.log_images("val/confusion_matrix", matrix, step)
+        for tag, picture in predictions.task_pictures(self.images, epoch).items():
+            if tag != "val/confusion_matrix" or self.confusion_matrix:
+                self.log_images(tag, picture, step)
 
     @guarded
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:

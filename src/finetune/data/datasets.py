@@ -1,0 +1,49 @@
+"""Which data set a run uses: `data.name` -> the builder of its splits.
+
+Adding a data set is one file in this package with a builder `(cfg.data, seed) -> Splits` and one
+YAML in conf/data/ naming it; its entry here is the one line that connects them.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from finetune.data.cifar import cifar10_splits
+from finetune.data.digits import digits_splits
+from finetune.data.digits_multilabel import digits_multilabel_splits
+from finetune.data.folders import image_folder_splits
+from finetune.data.multilabel_table import multilabel_table_splits
+from finetune.data.splits import Splits
+from finetune.safety.errors import FinetuneError
+
+BUILDERS = {
+    "digits": digits_splits,
+    "image_folder": image_folder_splits,
+    "cifar10": cifar10_splits,
+    "digits_multilabel": digits_multilabel_splits,
+    "multilabel_table": multilabel_table_splits,
+}
+
+
+def build_splits(cfg: DictConfig, seed: int) -> Splits:
+    """Dispatch on `data.name` to the data set's builder; refuse an empty train or val split."""
+    if cfg.name not in BUILDERS:
+        raise FinetuneError(f"data.name={cfg.name} is unknown; use one of {sorted(BUILDERS)}")
+    check_fractions(cfg)
+    splits = BUILDERS[cfg.name](cfg, seed)
+    if len(splits.train) == 0 or len(splits.val) == 0:
+        raise FinetuneError(
+            f"data={cfg.name} left an empty train or val split ({len(splits.train)} train, "
+            f"{len(splits.val)} val images); add data or raise data.val_fraction"
+        )
+    return splits
+
+
+def check_fractions(cfg: DictConfig) -> None:
+    """Fractions in [0, 1) that leave training data."""
+    val, test = cfg.val_fraction, cfg.test_fraction
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise FinetuneError(
+            f"data.val_fraction={val} and data.test_fraction={test} must each be in [0, 1) "
+            "and add up to less than 1"
+        )

@@ -1,0 +1,113 @@
+"""What a task is: the part of a run that differs between kinds of learning.
+
+The engine (setup, the loop, evaluation, checkpoints, resume, loggers, sweeps, DDP) never asks
+which task runs. A task knows how a batch goes into the model and what its targets are, the
+loss, the metrics and the default monitor (conf/task/*.yaml), how outputs become probabilities
+and decisions, the pictures of a validation pass and the rows a prediction writes.
+
+Adding a task is one file here (a subclass of Task) and one YAML in conf/task/ whose `_target_`
+names it. The `_target_` is only ever read from this project's composed config, never from a
+checkpoint or a run directory.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import Dataset
+
+from finetune.data.splits import labels_of
+from finetune.tasks.losses import build_loss
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
+
+    from finetune.models.factory import ModelInfo
+    from finetune.records.predictions import Predictions
+
+
+class Task:
+    """A kind of learning. Subclasses fill in what differs; the defaults fit classifiers."""
+
+    def __init__(self, cfg: DictConfig, class_names: list[str]) -> None:
+        self.cfg = cfg
+        self.class_names = list(class_names)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.class_names)
+
+    def build_model(self, model_cfg: DictConfig) -> tuple[nn.Module, ModelInfo]:
+        """The model from its source, with an output layer of `num_outputs`."""
+        from finetune.models.factory import build_model
+
+        return build_model(model_cfg, num_classes=self.num_outputs)
+
+    def inputs_and_targets(
+        self, batch: Any, device: torch.device, channels_last: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader's batch as (model input, targets) on `device`."""
+        images, targets = batch
+        images = images.to(device, non_blocking=True)
+        if channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets.to(device, non_blocking=True)
+
+    def loss(self, train: Dataset) -> nn.Module:
+        """The criterion from `cfg.loss`; `class_weights=auto` counts the training split."""
+        return build_loss(self.cfg.loss, self.num_outputs, lambda: labels_of(train))
+
+    def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """A batch's summed evaluation loss, for a split's mean over its samples (and ranks).
+
+        Plain and unweighted whatever `cfg.loss` trains with (smoothing, class weights, soft
+        targets), so that val/loss means the same in every run and can be compared.
+        """
+        raise NotImplementedError
+
+    def metric_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """Targets as the task's torchmetrics want them."""
+        return targets
+
+    def metrics(self) -> MetricCollection:
+        raise NotImplementedError
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """What the model predicts: a class index per sample, or a 0/1 vector of labels."""
+        raise NotImplementedError
+
+    def label_text(self, value: torch.Tensor) -> str:
+        """A target or a decision in words, for captions and prediction rows."""
+        raise NotImplementedError
+
+    def pictures(self, predictions: Predictions, images: int, epoch: int) -> dict[str, Any]:
+        """Tag -> picture (a float (3, H, W) tensor in [0, 1]) of a validation pass."""
+        from finetune.records.visuals import labelled_grid
+
+        if not images:
+            return {}
+        return {"val/images": labelled_grid(predictions, images, self.label_text)}
+
+    def prediction_rows(
+        self, names: list[str], probabilities: torch.Tensor, top_k: int
+    ) -> list[dict[str, Any]]:
+        """One row per input for predict's CSV."""
+        raise NotImplementedError
+
+
+def build_task(cfg: DictConfig, class_names: list[str]) -> Task:
+    """The task that `cfg.task._target_` names (from this project's composed config only)."""
+    from hydra.utils import get_class
+
+    from finetune.safety.errors import FinetuneError
+
+    cls = get_class(cfg.task._target_)
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise FinetuneError(f"task._target_={cfg.task._target_} is not a finetune Task")
+    return cls(cfg, class_names)

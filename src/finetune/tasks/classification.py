@@ -1,0 +1,67 @@
+"""Single-label classification: one class per image, softmax, cross-entropy (the default task)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torchmetrics import MetricCollection
+
+from finetune.tasks.base import Task
+
+if TYPE_CHECKING:
+    from finetune.records.predictions import Predictions
+
+
+class Classification(Task):
+    """Top-1 accuracy, macro F1 and top-5 accuracy; a labelled grid and a confusion matrix."""
+
+    def metrics(self) -> MetricCollection:
+        """Top-1 accuracy, macro F1, and top-5 accuracy when there are more than 5 classes.
+
+        With 5 classes or fewer top-5 accuracy is 1 by definition, so it is left out.
+        """
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+        n = self.num_outputs
+        metrics = {
+            "acc": MulticlassAccuracy(num_classes=n, top_k=1, average="micro"),
+            "f1": MulticlassF1Score(num_classes=n, average="macro"),
+        }
+        if n > 5:
+            metrics["acc5"] = MulticlassAccuracy(num_classes=n, top_k=5, average="micro")
+        return MetricCollection(metrics)
+
+    def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(dim=1)
+
+    def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
+        return probabilities.argmax(dim=1)
+
+    def label_text(self, value: torch.Tensor) -> str:
+        return self.class_names[int(value)]
+
+    def pictures(self, predictions: Predictions, images: int, epoch: int) -> dict[str, Any]:
+        from finetune.records.visuals import confusion_image
+
+        pictures = super().pictures(predictions, images, epoch)
+        pictures["val/confusion_matrix"] = confusion_image(predictions, epoch)
+        return pictures
+
+    def prediction_rows(
+        self, names: list[str], probabilities: torch.Tensor, top_k: int
+    ) -> list[dict[str, Any]]:
+        """file, then the top-k classes and their probabilities, best first."""
+        k = min(top_k, probabilities.shape[1])
+        values, indices = probabilities.topk(k, dim=1)
+        rows = []
+        for name, probs, classes in zip(names, values.tolist(), indices.tolist(), strict=True):
+            row: dict[str, Any] = {"file": name}
+            for rank, (p, c) in enumerate(zip(probs, classes, strict=True), start=1):
+                row[f"label_{rank}"] = self.class_names[c]
+                row[f"prob_{rank}"] = round(p, 6)
+            rows.append(row)
+        return rows
