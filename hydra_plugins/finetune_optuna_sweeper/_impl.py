@@ -13,7 +13,6 @@ the storage.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from hydra.core.override_parser.types import (
     Transformer,
 )
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException, HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -43,6 +41,9 @@ from optuna.trial import Trial, TrialState
 from sqlalchemy.engine import make_url
 
 from finetune.sweep.pruning import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
+
+from .outcomes import error_line, fail, tell
+from .seeding import PerTrialSeedSampler
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +92,50 @@ class OptunaSweeperImpl(Sweeper):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
 
-        completed, errors, job = 0, [], 0
-        while job < self.n_trials:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - job))]
-            batch = [
-                fixed + trial_overrides(trial) + self.env_overrides(study, trial)
-                for trial in trials
-            ]
-            returns = self.launcher.launch(batch, initial_job_idx=job)
-            job += len(returns)
-            for trial, ret in zip(trials, returns, strict=True):
-                state, error = tell(study, trial, ret)
-                completed += state == TrialState.COMPLETE
-                errors += [error] if error else []
+        completed, errors = self.run_trials(study, space, fixed)
         self.report(study, completed)
         if errors and len(errors) == self.n_trials:
             raise SweepError(f"all {len(errors)} trials failed; the first: {errors[0]}")
+
+    def run_trials(
+        self, study: optuna.Study, space: dict[str, BaseDistribution], fixed: list[str]
+    ) -> tuple[int, list[str]]:
+        """Ask, launch and tell `n_trials` trials, `n_jobs` at a time: (completed, error lines)."""
+        completed, errors, job = 0, [], 0
+        while job < self.n_trials:
+            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - job))]
+            outcomes = self.launch(study, trials, fixed, job)
+            job += len(trials)
+            for state, error in outcomes:
+                completed += state == TrialState.COMPLETE
+                errors += [error] if error else []
+        return completed, errors
+
+    def launch(
+        self, study: optuna.Study, trials: list[Trial], fixed: list[str], first_job: int
+    ) -> list[tuple[TrialState, str]]:
+        """Run one batch of trials and tell the study how each ended.
+
+        A launcher that raises (a killed submitit job, a preempted node) loses the whole
+        batch's returns: its trials are told failed with that error, and the search goes on.
+        Interrupted (Ctrl-C), the batch's trials are told failed before the sweep stops, so no
+        trial is left RUNNING in the study forever.
+        """
+        batch = [fixed + trial_overrides(t) + self.env_overrides(study, t) for t in trials]
+        try:
+            returns = self.launcher.launch(batch, initial_job_idx=first_job)
+        except Exception as error:
+            line = error_line(error)
+            log.warning("The launcher failed (the search goes on): %s", line)
+            return [
+                fail(study, t, f"trial {t.number} lost: the launcher failed: {line}")
+                for t in trials
+            ]
+        except BaseException:
+            for trial in trials:
+                fail(study, trial, f"trial {trial.number} lost: the sweep was interrupted")
+            raise
+        return [tell(study, t, ret) for t, ret in zip(trials, returns, strict=True)]
 
     def search_space(self, arguments: list[str]) -> tuple[dict[str, BaseDistribution], list[str]]:
         """Distributions of the swept keys, and the fixed overrides every trial gets.
@@ -163,7 +192,7 @@ class OptunaSweeperImpl(Sweeper):
                 f"{study.direction.name.lower()}; hydra.sweeper.direction={self.direction}"
             )
         self.storage_url, self.shown_url = url, shown
-        study.sampler = self.make_sampler(len(study.trials))
+        study.sampler = self.make_sampler()
         log.info(
             "Optuna study %s in %s: %d earlier trials; %d to add (%s, %s)",
             study.study_name,
@@ -175,12 +204,12 @@ class OptunaSweeperImpl(Sweeper):
         )
         return study
 
-    def make_sampler(self, earlier_trials: int) -> optuna.samplers.BaseSampler:
-        """The sampler; a resumed study moves the seed on, or it would repeat the first trials."""
+    def make_sampler(self) -> optuna.samplers.BaseSampler:
+        """The sampler; with a seed, seeded per trial (seeding.py: workers and resumes differ)."""
         seed = OmegaConf.select(self.sampler, "seed")
-        if seed is None or earlier_trials == 0:
+        if seed is None:
             return instantiate(self.sampler)
-        return instantiate(self.sampler, seed=seed + earlier_trials)
+        return PerTrialSeedSampler(lambda s: instantiate(self.sampler, seed=s), seed)
 
     def env_overrides(self, study: optuna.Study, trial: Trial) -> list[str]:
         """With a pruner: where the job reports its epochs (sweep/pruning.py reads it)."""
@@ -241,25 +270,3 @@ def example_values(dist: BaseDistribution) -> list[Any]:
 
 def trial_overrides(trial: Trial) -> list[str]:
     return [f"{key}={Transformer.str(value)}" for key, value in trial.params.items()]
-
-
-def tell(study: optuna.Study, trial: Trial, ret: JobReturn) -> tuple[TrialState, str]:
-    """Tell the study how a trial's job ended: its state and error line ("" unless failed)."""
-    trial.set_user_attr("run_dir", str(ret.hydra_cfg.hydra.runtime.output_dir))
-    if ret.status == JobStatus.COMPLETED:
-        value = ret.return_value
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            study.tell(trial, float(value))
-            return TrialState.COMPLETE, ""
-        error = f"trial {trial.number} returned {value!r}, not a finite number"
-    elif isinstance(ret._return_value, optuna.TrialPruned):
-        study.tell(trial, state=TrialState.PRUNED)
-        log.info("Trial %d pruned: %s", trial.number, ret._return_value)
-        return TrialState.PRUNED, ""
-    else:
-        lines = str(ret._return_value).strip().splitlines() or [type(ret._return_value).__name__]
-        error = f"trial {trial.number}: {lines[-1].strip()}"
-    trial.set_user_attr("error", error)
-    study.tell(trial, state=TrialState.FAIL)
-    log.warning("Failed (the search goes on): %s", error)
-    return TrialState.FAIL, error

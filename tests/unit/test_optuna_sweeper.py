@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -12,14 +14,16 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
+from sqlalchemy.exc import OperationalError
 
 from finetune.sweep import pruning
+from finetune.sweep import storage as storage_retry
 from hydra_plugins.finetune_optuna_sweeper._impl import (
     OptunaSweeperImpl,
     distribution,
     example_values,
-    tell,
 )
+from hydra_plugins.finetune_optuna_sweeper.outcomes import tell
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -72,17 +76,77 @@ def test_failed_nan_and_pruned_trials_are_told_not_raised(tmp_path: Path) -> Non
     assert "CUDA out of memory" in trials[2].user_attrs["error"]
 
 
-def test_a_resumed_study_moves_the_sampler_seed_on() -> None:
+SPACE = {"lr": FloatDistribution(0.001, 0.1)}
+
+
+def seeded_sweeper(n_jobs: int = 1) -> OptunaSweeperImpl:
     sampler = OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": 7})
-    sweeper = OptunaSweeperImpl(sampler, None, "max", None, None, 3, 1, None)
-    space = {"lr": FloatDistribution(0.001, 0.1)}
+    return OptunaSweeperImpl(sampler, None, "max", None, None, 3, n_jobs, None)
 
-    def first_values(earlier: int) -> list[float]:
-        study = optuna.create_study(sampler=sweeper.make_sampler(earlier))
-        return [study.ask(space).params["lr"] for _ in range(3)]
 
-    assert first_values(0) == first_values(0), "a seeded sampler repeats itself"
-    assert first_values(3) != first_values(0), "a resumed search would repeat its first trials"
+def test_a_seeded_search_repeats_itself_and_a_resumed_one_goes_on(tmp_path: Path) -> None:
+    def proposals(storage: str, n: int) -> list[float]:
+        study = optuna.create_study(storage=storage, study_name="s", load_if_exists=True)
+        study.sampler = seeded_sweeper().make_sampler()
+        return [study.ask(SPACE).params["lr"] for _ in range(n)]
+
+    first = proposals(f"sqlite:///{tmp_path / 'a.db'}", 3)
+    assert first == proposals(f"sqlite:///{tmp_path / 'b.db'}", 3), "the same seed, the same search"
+    resumed = proposals(f"sqlite:///{tmp_path / 'a.db'}", 3)  # the same command again
+    assert not set(resumed) & set(first), "a resumed search repeats its first trials"
+
+
+def test_workers_sharing_a_study_and_a_seed_propose_different_trials(tmp_path: Path) -> None:
+    """Two sweeps started on one storage with the same seed (two nodes, the same command)."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(storage=storage, study_name="s")
+    workers = []
+    for _ in range(2):
+        study = optuna.load_study(storage=storage, study_name="s")
+        study.sampler = seeded_sweeper().make_sampler()
+        workers.append(study)
+    # Each worker asks its first trial before either has told one back.
+    proposed = [study.ask(SPACE).params["lr"] for study in workers for _ in range(2)]
+    assert len(set(proposed)) == len(proposed), f"workers proposed the same trials: {proposed}"
+
+
+class LauncherThatFailsOnce:
+    """Raises on its first batch (a killed submitit job raises out of launch), then succeeds."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path, self.batches = tmp_path, 0
+
+    def launch(self, batch: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
+        self.batches += 1
+        if self.batches == 1:
+            raise RuntimeError("Job 123 (task: 0) with path /x/123_0_result.pkl\nhas not produced")
+        return [job(JobStatus.COMPLETED, 0.5, self.tmp_path) for _ in batch]
+
+
+def test_a_launcher_that_raises_fails_its_trials_and_the_search_goes_on(tmp_path: Path) -> None:
+    sweeper = seeded_sweeper(n_jobs=2)
+    sweeper.n_trials = 4
+    sweeper.launcher = LauncherThatFailsOnce(tmp_path)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
+    completed, errors = sweeper.run_trials(study, SPACE, fixed=[])
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL] * 2 + [TrialState.COMPLETE] * 2, "trials left RUNNING?"
+    assert completed == 2 and len(errors) == 2
+    assert "the launcher failed: Job 123" in study.trials[0].user_attrs["error"]
+
+
+def test_an_interrupted_sweep_leaves_no_trial_running(tmp_path: Path) -> None:
+    sweeper = seeded_sweeper(n_jobs=2)
+
+    class Interrupted:
+        def launch(self, batch, initial_job_idx):
+            raise KeyboardInterrupt
+
+    sweeper.launcher = Interrupted()
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    with pytest.raises(KeyboardInterrupt):
+        sweeper.run_trials(study, SPACE, fixed=[])
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
 
 
 @pytest.fixture
@@ -111,3 +175,73 @@ def test_report_gives_the_trial_each_epoch_and_prunes(trial_env) -> None:
 def test_report_outside_an_optuna_job_does_nothing(monkeypatch) -> None:
     monkeypatch.delenv(pruning.TRIAL_ENV, raising=False)
     pruning.report(1, 0.0)  # no study, no Hydra: must not fail
+
+
+def test_an_epoch_report_waits_out_a_locked_database(trial_env, tmp_path, monkeypatch) -> None:
+    """Another job holds the SQLite study locked when this one reports: it retries, not dies."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}?timeout=0.05"  # SQLite's own wait: short
+    monkeypatch.setenv(pruning.STORAGE_ENV, storage)
+    other_job = sqlite3.connect(tmp_path / "optuna.db", isolation_level=None)
+    other_job.execute("BEGIN EXCLUSIVE")
+    pauses = []
+
+    def other_job_finishes(attempt: int) -> None:  # after the first failed try: a state
+        pauses.append(attempt)
+        if other_job.in_transaction:
+            other_job.execute("COMMIT")
+
+    monkeypatch.setattr(storage_retry, "backoff", other_job_finishes)
+    pruning.report(1, 0.8)
+    assert pauses == [0], "the lock was never met, or more than one retry was needed"
+    assert trial_env.trials[0].intermediate_values == {1: 0.8}
+
+
+def test_a_lasting_storage_fault_still_surfaces(trial_env, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(pruning.STORAGE_ENV, f"sqlite:///{tmp_path / 'optuna.db'}?timeout=0.01")
+    other_job = sqlite3.connect(tmp_path / "optuna.db", isolation_level=None)
+    other_job.execute("BEGIN EXCLUSIVE")
+    pauses = []
+    monkeypatch.setattr(storage_retry, "backoff", pauses.append)
+    with pytest.raises(OperationalError, match="database is locked"):
+        pruning.report(1, 0.8)
+    assert len(pauses) == storage_retry.ATTEMPTS - 1
+    other_job.execute("ROLLBACK")
+
+
+def report_on_rank(rank: int, init_file: str, thresholds: list[float], results: str) -> None:
+    """One DDP rank (gloo) of a trial reporting epoch 1: records whether it was told to stop."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": thresholds[rank]}
+    HydraConfig.instance().cfg = OmegaConf.create({"hydra": {"sweeper": {"pruner": pruner}}})
+    try:
+        pruning.report(1, 0.3)
+        outcome = "went on"
+    except optuna.TrialPruned:
+        outcome = "pruned"
+    Path(results, f"rank{rank}").write_text(outcome)
+    dist.destroy_process_group()
+
+
+def test_under_ddp_rank_0_decides_pruning_for_every_rank(trial_env, tmp_path) -> None:
+    """Ranks that ask the pruner on their own can disagree; then the one going on hangs.
+
+    In a run they disagree by when each asks (another trial reported in between); here each
+    rank's pruner has its own threshold, so that asking on their own they disagree for sure.
+    """
+    context = multiprocessing.get_context("spawn")  # the env (trial, storage) is inherited
+    args = (str(tmp_path / "init"), [0.5, 0.1], str(tmp_path))
+    ranks = [context.Process(target=report_on_rank, args=(r, *args)) for r in range(2)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(timeout=120)
+    for process in ranks:
+        process.kill()  # still running after two minutes: waiting for an answer
+    outcomes = [
+        (tmp_path / f"rank{r}").read_text() if (tmp_path / f"rank{r}").exists() else "hung"
+        for r in range(2)
+    ]
+    assert outcomes == ["pruned", "pruned"], "rank 0's pruner says stop: every rank stops"
+    assert trial_env.trials[0].intermediate_values == {1: 0.3}
