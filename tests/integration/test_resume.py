@@ -9,11 +9,11 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import wait_for, wait_for_step
 
 TINY = (
     "model=test_resnet",
@@ -93,17 +93,16 @@ def test_preempted_run_resumes_to_the_same_end(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay_s", [0.0, 0.7, 1.9])
+@pytest.mark.parametrize("step", [1, 6, 11])  # in epochs 1, 2 and 3
 def test_kill_9_leaves_a_whole_checkpoint_and_resume_completes(
-    delay_s, straight_run, start_train_here, run_train, tmp_path
+    step, straight_run, start_train_here, run_train, tmp_path
 ):
-    # A save every step, so the kill often lands during one.
+    # A save every step, so the kill often lands during one; it lands once `step` is saved.
     run_dir = tmp_path / "run"
     process = start_train_here(
         *TINY, "trainer.epochs=4", "checkpoint.every_n_steps=1", run_dir=run_dir
     )
-    wait_for(run_dir / "checkpoints/last.pt", process)
-    time.sleep(delay_s)
+    wait_for_step(run_dir, process, step)
     process.kill()
     process.communicate(timeout=60)
     state = load(run_dir / "checkpoints/last.pt")  # whole, whatever the instant
@@ -113,14 +112,6 @@ def test_kill_9_leaves_a_whole_checkpoint_and_resume_completes(
     assert resumed.returncode == 0, resumed.output[-2000:]
     assert_same_weights(run_dir / "checkpoints/last.pt", straight_run / "checkpoints/last.pt")
     assert metric_rows(run_dir) == metric_rows(straight_run)
-
-
-def wait_for(path: Path, process, timeout_s: float = 120) -> None:
-    deadline = time.time() + timeout_s
-    while not path.exists():
-        assert process.poll() is None, process.communicate()[0][-2000:]
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 def test_top_k_survives_a_resume(run_train):

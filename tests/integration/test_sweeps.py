@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import TRAIN_TIMEOUT_S, command_of, descendants, wait_for
+from conftest import TRAIN_TIMEOUT_S, command_of, descendants, wait_for, wait_for_step
 
 TINY = (
     "model=test_resnet",
@@ -176,15 +176,21 @@ def test_launcher_jobs_share_one_sweep_dir(run_train, tmp_path: Path, launcher) 
 def test_submitit_requeues_a_signalled_job_which_resumes_and_finishes(start_train_here, tmp_path):
     """USR2 is SLURM's time-limit warning to a submitit job (sent by hand here; submitit_local
     requeues as it does on SLURM). The job saves last.pt at that step, hands the signal to
-    submitit, which requeues it, and the new attempt resumes (resume=auto) and finishes."""
+    submitit, which requeues it, and the new attempt resumes (resume=auto) and finishes.
+
+    The signal goes once a step checkpoint inside epoch 2 exists (a state): sent as soon as
+    epoch 1's last.pt appeared, it could land before epoch 2's first step, and the resume would
+    start at epoch 1's end, which is not what this test is about."""
     sweep = tmp_path / "sweep"
     process = start_train_here(
         "-m", *TINY, "trainer.epochs=3", "trainer.limit_train_batches=40",
-        "hydra/launcher=submitit_local", "resume=auto",
+        "checkpoint.every_n_steps=5", "hydra/launcher=submitit_local", "resume=auto",
         f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
     run_dir = sweep / "0"
-    wait_for(run_dir / "checkpoints/last.pt", process)  # epoch 1 is saved; epoch 2 runs
+    wait_for(run_dir / "checkpoints/best.pt", process)  # epoch 1 ended: its row is written
+    epoch_1_end = int(next(csv.DictReader((run_dir / "metrics.csv").open()))["step"])
+    saved_step = wait_for_step(run_dir, process, epoch_1_end + 1)  # inside epoch 2
     # The job's process, then its data loader workers (same command line): parents come first.
     task = [pid for pid in descendants(process.pid) if "submitit.core._submit" in command_of(pid)]
     os.kill(task[0], signal.SIGUSR2)
@@ -199,5 +205,5 @@ def test_submitit_requeues_a_signalled_job_which_resumes_and_finishes(start_trai
     rows = list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]
     resumed = re.search(r"Resumed at epoch (\d+), step (\d+)", log)
-    assert resumed and int(resumed[2]) > int(rows[0]["step"]), log  # from the signal's step
+    assert resumed and int(resumed[2]) >= saved_step > epoch_1_end, log  # the signal's step
     assert [(row["job"], row["status"]) for row in read_summary(sweep)] == [("0", "completed")]

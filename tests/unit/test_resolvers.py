@@ -35,6 +35,7 @@ import sys, time
 from pathlib import Path
 from finetune.resolvers import unique_dir
 go = Path(sys.argv[1])
+Path(sys.argv[3]).touch()  # ready: imports done, about to wait
 while not go.exists():
     time.sleep(0.001)
 print(unique_dir(sys.argv[2]))
@@ -43,14 +44,19 @@ print(unique_dir(sys.argv[2]))
 
 def test_two_processes_started_together_get_distinct_dirs(tmp_path: Path) -> None:
     go, base = tmp_path / "go", str(tmp_path / "runs" / "12-00-00")
+    ready = [tmp_path / f"ready{i}" for i in range(4)]
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(go), base], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", CHILD, str(go), base, str(marker)],
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        for _ in range(4)
+        for marker in ready
     ]
-    time.sleep(0.5)  # let every child reach its wait loop, then release them at once
-    go.touch()
+    while not all(marker.exists() for marker in ready):  # every child at its wait loop
+        assert all(child.poll() is None for child in children), "a child died while starting"
+        time.sleep(0.01)
+    go.touch()  # then release them at once
     outputs = [child.communicate(timeout=60)[0].strip() for child in children]
     assert all(child.returncode == 0 for child in children)
     assert len(set(outputs)) == 4, outputs

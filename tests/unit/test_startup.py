@@ -15,7 +15,8 @@ def test_process_age_counts_from_before_this_test_ran() -> None:
     time.sleep(0.05)
     second = process_age_s()
     assert first > 0.1  # pytest and torch were imported before: seconds, not zero
-    assert 0.03 < second - first < 1.0
+    assert second - first >= 0.04  # the sleep, at the clock's resolution; no upper bound:
+    # a loaded machine may pause this process for any time
 
 
 def test_the_first_optimizer_step_closes_the_clock_once(caplog) -> None:
