@@ -9,7 +9,7 @@ from finetune.engine.distributed_env import launched_by_torchrun
 from finetune.engine.resume import resume_argv
 from finetune.resolvers import register_resolvers
 from finetune.safety.checks import check_config
-from finetune.safety.errors import exit_on_user_error
+from finetune.safety.errors import exit_on_user_error, hydra_errors_as_bad_input
 from finetune.safety.runlock import hold_run_dir_lock, lock_run_dir
 
 register_resolvers()
@@ -43,8 +43,10 @@ if __name__ == "__main__":
 
         init_distributed()
         try:
-            main()
+            with hydra_errors_as_bad_input():
+                main()
         finally:
             cleanup()
     else:
-        main()
+        with hydra_errors_as_bad_input():  # an unknown option: one line and exit 2, as ours
+            main()

@@ -7,6 +7,7 @@ in-process tests and every subprocess they start see it: tests never touch the n
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -134,6 +135,13 @@ def run_train(tmp_path: Path) -> Callable[..., TrainResult]:
 def train_in() -> Callable[..., TrainResult]:
     """`run_train_in(base, *overrides)`, for fixtures wider than one test (a shared run)."""
     return run_train_in
+
+
+def error_lines(output: str) -> list[str]:
+    """The lines that report an error: "[time][ERROR] Error: ..." once Hydra set up a job's
+    logging, "[time][HYDRA] Error: ..." in a sweep's, "Error: ..." before either."""
+    pattern = r"(\[[^\]]*\]\[(ERROR|HYDRA)\] )?Error: "
+    return [line for line in output.splitlines() if re.match(pattern, line)]
 
 
 # Processes (Linux /proc): what a train.py started, and what each one runs.

@@ -1,5 +1,5 @@
-"""Bad input through the real `train.py`: non-zero exit, one line naming the value, no traceback,
-and no earlier run directory touched."""
+"""Bad input through the real `train.py`: exit 2, exactly one error line naming the value, no
+traceback, and no earlier run directory touched."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from conftest import error_lines
+
+from finetune.safety.errors import EXIT_BAD_INPUT
 
 # (overrides, text the error line must hold); {tree} is a tiny image tree prepared per case.
 CASES = {
     "unknown model": (["model.name=resnet181"], "close timm names: resnet18"),
-    "unknown group option": (["model=nope"], "model/nope"),
+    "unknown group option": (["model=nope"], "model/nope"),  # Hydra's error, one line too
+    "malformed override": (["optimizer.lr=["], "optimizer.lr=["),
     "image_folder without root": (["data=image_folder"], "data.root"),
     "missing folder": (["data=image_folder", "data.root={tree}/absent"], "{tree}/absent"),
     "empty class folder": (["data=image_folder", "data.root={tree}"], "{tree}/train/empty"),
@@ -73,10 +77,11 @@ def test_bad_input(case: str, tmp_path: Path, make_image_tree, run_train) -> Non
         own_dir=True,
     )
 
-    assert code != 0, output[-3000:]
+    assert code == EXIT_BAD_INPUT, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
-    named = [line for line in output.splitlines() if expected.format(tree=tree) in line]
-    assert named, f"no line names {expected!r}:\n{output[-3000:]}"
-    assert len([line for line in output.splitlines() if "[ERROR]" in line]) <= 1, output
+    lines = error_lines(output)
+    assert len(lines) == 1, f"not exactly one error line:\n{output[-3000:]}"
+    assert expected.format(tree=tree) in lines[0], lines[0]
+    assert "[ERROR]" not in output.replace(lines[0], ""), output[-3000:]
     after = snapshot(log_dir)
     assert {key: after[key] for key in before} == before, "an earlier run directory changed"

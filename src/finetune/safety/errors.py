@@ -20,6 +20,9 @@ EXIT_DATA_FAILED = 6  # a data loader worker died, an image could not be read
 EXIT_RUN_DIR_IN_USE = 7  # another process is running in the same run directory
 # Stopped by a signal: 128 + its number, as a shell reports it (130 Ctrl-C, 143 SIGTERM).
 
+# The user asked for tracebacks (Hydra's switch), read before hydra_errors_as_bad_input sets it.
+TRACEBACKS_WANTED = os.environ.get("HYDRA_FULL_ERROR") == "1"
+
 
 class FinetuneError(Exception):
     """A problem with the user's input or environment that a traceback would not explain.
@@ -90,7 +93,53 @@ def exit_on_user_error(reraise: bool = False) -> Iterator[None]:
     try:
         yield
     except FinetuneError as error:
-        if reraise or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if reraise or TRACEBACKS_WANTED:
             raise
         log.error("Error: %s", one_line(error))
         raise SystemExit(error.exit_code) from None
+
+
+@contextlib.contextmanager
+def hydra_errors_as_bad_input() -> Iterator[None]:
+    """Around `main()`: Hydra's own bad-input errors as one line and exit 2, like ours.
+
+    Hydra reports an unknown group option or a malformed override over several lines and exits
+    1, the status of a bug. It hands its errors on only under HYDRA_FULL_ERROR=1, so that is set
+    for the call; a bug still ends in its traceback and exit 1, and a user who set it gets
+    Hydra's errors as tracebacks too. (A single run's own errors are handled inside `main()`.)
+    """
+    from hydra.errors import HydraException
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    except HydraException as error:
+        if TRACEBACKS_WANTED:
+            raise
+        log.error("Error: %s", hydra_line(error))
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    except FinetuneError as error:  # a sweep's failed job, which Hydra raises once all ran
+        if TRACEBACKS_WANTED:
+            raise
+        log.error("Error: %s", one_line(error))
+        raise SystemExit(error.exit_code) from None
+    finally:
+        if not TRACEBACKS_WANTED:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def hydra_line(error: BaseException) -> str:
+    """Hydra's text on one line: "In 'train': Could not find 'model/nope' (Available options
+    in 'model': a, b)", without the config search path."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if "Config search path:" in lines:
+        lines = lines[: lines.index("Config search path:")]
+    head, *rest = lines
+    override = getattr(error, "override", None)  # a malformed override: name it
+    head = f"{override}: {head}" if override else head
+    if not rest:
+        return head
+    label, *items = rest
+    return f"{head} ({label} {', '.join(items)})"
