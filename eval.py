@@ -4,6 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from finetune.resolvers import register_resolvers
+from finetune.safety.errors import exit_on_user_error, hydra_errors_as_bad_input
 
 register_resolvers()
 
@@ -11,11 +12,11 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> dict:
     from finetune.engine.evaluation import evaluate_checkpoint
-    from finetune.safety.errors import exit_on_user_error
 
     with exit_on_user_error():
         return evaluate_checkpoint(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    with hydra_errors_as_bad_input():  # an unknown option: one line and exit 2, as ours
+        main()
