@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml
 train: $(STAMP)  ## the default experiment: resnet18 on the bundled digits
 	$(PY) train.py $(ARGS)
 
+# Two test processes (most of a tiny run is imports, which two cores overlap); a test file's
+# shared runs stay in one process (--dist loadfile).
+PYTEST_PROCS ?= 2
+
 test: $(STAMP)  ## every test, the slow end-to-end ones included
-	$(TEST_ENV) $(PY) -m pytest $(ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n $(PYTEST_PROCS) --dist loadfile $(ARGS)
 
 test-fast: $(STAMP)  ## unit tests and quick checks only
 	$(TEST_ENV) $(PY) -m pytest -m "not slow" $(ARGS)

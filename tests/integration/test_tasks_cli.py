@@ -3,6 +3,7 @@ classification; a task defined outside the project runs on the unchanged engine.
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -123,9 +124,23 @@ def test_a_task_from_outside_the_project_runs_on_the_unchanged_engine(tmp_path):
 
     first = train("trainer.epochs=1")
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    # A task outside conf/task/ is named again on resume: a checkpoint never chooses code.
     resumed = train(f"resume={tmp_path / 'run'}", "trainer.epochs=2")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     summary = json.loads((tmp_path / "run/summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_done"] == 2
     assert set(summary["test"]) == {"test/loss", "test/odd_acc"}
     assert load(tmp_path / "run/checkpoints/last.pt")["model_state_dict"]["fc.weight"].shape[0] == 2
+
+
+def test_a_multilabel_sweep_summarises_its_jobs_by_map(run_train, tmp_path):
+    result = run_train(
+        "-m", *MULTILABEL, "trainer.epochs=1", f"paths.log_dir={tmp_path}",
+        "task.threshold=0.3,0.6", own_dir=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.output[-3000:]
+    [summary_csv] = (tmp_path / "multirun").glob("*/*/summary.csv")
+    rows = list(csv.DictReader(summary_csv.open()))
+    assert [row["status"] for row in rows] == ["completed", "completed"]
+    assert {row["monitor"] for row in rows} == {"val/map"}
+    assert all(float(row["test"]) >= 0 for row in rows)  # test/map of each job

@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 from conftest import compose_train
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from finetune.records.loggers import CSVLogger, Loggers, build_loggers
@@ -163,7 +163,8 @@ def fake_epochs(loggers: Loggers, epochs: int) -> torch.nn.Module:
     from torchmetrics import MetricCollection
     from torchmetrics.classification import MulticlassAccuracy
 
-    from finetune.engine.run import evaluate
+    from finetune.engine.loop import evaluate
+    from finetune.tasks.classification import Classification
 
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", num_classes=len(CLASSES))
@@ -171,6 +172,7 @@ def fake_epochs(loggers: Loggers, epochs: int) -> torch.nn.Module:
     images, targets = torch.randn(24, 3, 32, 32), torch.arange(24) % len(CLASSES)
     loader = DataLoader(TensorDataset(images, targets), batch_size=8)
     metrics = MetricCollection({"acc": MulticlassAccuracy(num_classes=len(CLASSES))})
+    task = Classification(OmegaConf.create({}), CLASSES)
     step = 0
     for epoch in range(1, epochs + 1):
         model.train()
@@ -181,8 +183,8 @@ def fake_epochs(loggers: Loggers, epochs: int) -> torch.nn.Module:
             optimizer.step()
             step += 1
             loggers.log_metrics({"train/loss": loss.item()}, step)
-        samples = loggers.predictions(model, CLASSES, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-        val = evaluate(model, loader, metrics, torch.device("cpu"), "val", None, samples)
+        samples = loggers.predictions(model, task, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+        val = evaluate(model, loader, task, metrics, torch.device("cpu"), "val", None, samples)
         loggers.log_metrics(val, step)
         loggers.log_predictions(samples, epoch, step)
         loggers.log_histograms(model, epoch, step)

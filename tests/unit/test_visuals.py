@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from finetune.records.curves import find_runs, plot_runs, run_labels
@@ -24,6 +25,7 @@ from finetune.records.visuals import (
     labelled_grid,
 )
 from finetune.safety.errors import FinetuneError
+from finetune.tasks.classification import Classification
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["cat", "dog", "bird"]
@@ -32,13 +34,23 @@ NAMES = ["cat", "dog", "bird"]
 def collect(images: int, pr_classes: int, features: int, batches: int = 3) -> Predictions:
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", num_classes=3).eval()
+    task = Classification(OmegaConf.create({}), NAMES)
     kept = Predictions(
-        model, NAMES, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), images, pr_classes, features
+        model,
+        NAMES,
+        task.label_text,
+        task.pictures,
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+        images,
+        pr_classes,
+        features,
     )
     with torch.inference_mode():
         for _ in range(batches):
             x = torch.randn(4, 3, 32, 32)
-            kept.update(x, torch.tensor([0, 1, 2, 0]), model(x))
+            probs = task.probabilities(model(x))
+            kept.update(x, torch.tensor([0, 1, 2, 0]), probs, task.decisions(probs))
     kept.close()
     return kept
 
@@ -64,7 +76,7 @@ def test_nothing_asked_keeps_predictions_only() -> None:
 def test_the_grid_labels_each_image_and_colours_mistakes() -> None:
     kept = collect(images=10, pr_classes=0, features=0)
     kept.preds = torch.tensor([0, 2] + [int(t) for t in kept.targets[2:]])  # the 2nd is wrong
-    grid = labelled_grid(kept, 10)
+    grid = labelled_grid(kept, 10, kept.label_text)
     assert grid.dtype == torch.float32 and grid.min() >= 0 and grid.max() <= 1
     pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(int)
     assert grid.shape[1] > 2 * TILE and grid.shape[2] == 8 * (TILE + 2) + 2  # 8 per row, 2 rows

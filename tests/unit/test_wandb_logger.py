@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import compose_train
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from wandb_records import read_run
 
 from finetune.records.loggers import build_loggers
 from finetune.records.loggers import wandb_logger as module
 from finetune.records.predictions import Predictions
+from finetune.tasks.classification import Classification
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,9 +36,13 @@ def compose_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
 
 def predictions() -> Predictions:
     names = ["a", "b", "c"]
-    collected = Predictions(torch.nn.Identity(), names, (0.5,) * 3, (0.5,) * 3, 4, 0, 0)
+    task = Classification(OmegaConf.create({}), names)
+    collected = Predictions(
+        torch.nn.Identity(), names, task.label_text, task.pictures, (0.5,) * 3, (0.5,) * 3, 4, 0, 0
+    )
     targets = torch.tensor([0, 1, 2, 1])
-    collected.update(torch.zeros(4, 3, 8, 8), targets, torch.eye(3)[targets])
+    probs = torch.eye(3)[targets]
+    collected.update(torch.zeros(4, 3, 8, 8), targets, probs, task.decisions(probs))
     collected.close()
     return collected
 

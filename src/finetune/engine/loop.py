@@ -88,7 +88,7 @@ def train_one_epoch(
     accumulate = trainer.accumulate_grad_batches
     distributed = dist_info().enabled
     model.train()
-    task, criterion = stepper.task, stepper.criterion
+    task = stepper.task
     steps = steps_in_epoch(loader, trainer)
     loader.sampler.set_epoch(
         loop.epoch + 1, skip_batches=loop.step_in_epoch * accumulate, batch_size=loader.batch_size
@@ -107,15 +107,7 @@ def train_one_epoch(
         # DDP all-reduces gradients on every backward; between steps that is wasted work.
         sync = contextlib.nullcontext() if steps_now or not distributed else model.no_sync()
         with sync:
-            with autocast(device, stepper.dtype):
-                loss = criterion(model(images), targets) / accumulate
-            if (batch - 1) % accumulate == 0:
-                # The last step's gradients go only now, while this forward's activations hold
-                # the heap, so the allocator reuses their memory. Freed right after the step,
-                # they went back to the OS and returned as page faults (~4% of a resnet18 step
-                # on CPU, see scripts/benchmark.py); kept, they also feed the epoch's histograms.
-                stepper.optimizer.zero_grad(set_to_none=True)
-            (stepper.scaler.scale(loss) if stepper.scaler else loss).backward()
+            loss = forward_backward(model, images, targets, stepper, accumulate, batch)
         loss_sum += loss.detach()
         watch.see(loss, loop.global_step + 1)  # no sync: read on log steps and before saves
         images_seen += images.shape[0]
@@ -127,12 +119,8 @@ def train_one_epoch(
         log_step = loop.global_step % trainer.log_every_n_steps == 0
         if log_step:
             watch.check()
-            loss_value = loss.item() * accumulate
             rate = images_seen / (time.perf_counter() - start)
-            loggers.log_metrics(
-                {"train/loss": loss_value, "train/images_per_s": rate}, loop.global_step
-            )
-            bar.show(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
+            log_train_step(loggers, bar, loss.item() * accumulate, rate, loop.global_step)
         bar.advance()
         # Ranks must stop at the same step; agreeing costs a collective, so only on log steps.
         stopping = any_rank(stop.requested, device) if log_step or not distributed else False
@@ -151,6 +139,34 @@ def train_one_epoch(
     elapsed = time.perf_counter() - start
     mean_loss = all_reduce_sum(loss_sum / steps).item() / dist_info().world_size
     return mean_loss, images_seen / max(elapsed, 1e-9)
+
+
+def forward_backward(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    stepper: Stepper,
+    accumulate: int,
+    batch: int,
+) -> torch.Tensor:
+    """The loss of one batch (scaled for accumulation), its gradients added to the model's."""
+    with autocast(stepper.device, stepper.dtype):
+        loss = stepper.criterion(model(images), targets) / accumulate
+    if (batch - 1) % accumulate == 0:
+        # The last step's gradients go only now, while this forward's activations hold the
+        # heap, so the allocator reuses their memory. Freed right after the step, they went back
+        # to the OS and returned as page faults (~4% of a resnet18 step on CPU, see
+        # scripts/benchmark.py); kept, they also feed the epoch's histograms.
+        stepper.optimizer.zero_grad(set_to_none=True)
+    (stepper.scaler.scale(loss) if stepper.scaler else loss).backward()
+    return loss
+
+
+def log_train_step(
+    loggers: Loggers, bar: ProgressBar, loss: float, images_per_s: float, step: int
+) -> None:
+    loggers.log_metrics({"train/loss": loss, "train/images_per_s": images_per_s}, step)
+    bar.show(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
 
 
 def optimizer_step(model: nn.Module, stepper: Stepper, grad_clip: float | None, step: int) -> None:
