@@ -19,6 +19,7 @@ from finetune.safety.errors import FinetuneError
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PREP = Preprocessing(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear")
 DATA_ON = OmegaConf.create({"augment": True})
+SOFT = "timm.loss.SoftTargetCrossEntropy"
 
 
 def recipe(name: str, **overrides) -> DictConfig:
@@ -118,3 +119,23 @@ def test_feature_cache_refuses_mixing_and_augmentation_in_one_line() -> None:
         check_cache_features(cache_cfg(name="strong"))
     with pytest.raises(FinetuneError, match="needs augmentation off"):
         check_cache_features(cache_cfg(name="light"))
+
+
+def test_mixing_needs_the_soft_target_loss_and_a_single_label_task() -> None:
+    from finetune.data.augment import check_mixing
+
+    def cfg(loss: str, task: str = "finetune.tasks.classification.Classification") -> DictConfig:
+        return OmegaConf.create(
+            {
+                "augment": OmegaConf.to_container(recipe("strong")),
+                "data": {"augment": True},
+                "loss": {"_target_": loss},
+                "task": {"_target_": task},
+            }
+        )
+
+    check_mixing(cfg(SOFT))
+    with pytest.raises(FinetuneError, match="use loss=soft_target_cross_entropy"):
+        check_mixing(cfg("torch.nn.CrossEntropyLoss"))
+    with pytest.raises(FinetuneError, match="single-label classification only"):
+        check_mixing(cfg(SOFT, "finetune.tasks.multilabel.MultiLabel"))

@@ -14,6 +14,7 @@ from finetune.data.loaders import EpochSampler
 from finetune.engine.loop import Stepper
 from finetune.engine.lr_finder import RangeTest, check_lr_find, plot, suggest, sweep_lr
 from finetune.safety.errors import FinetuneError
+from finetune.tasks.classification import Classification
 
 FIND = OmegaConf.create(
     {"start_lr": 1e-5, "end_lr": 10.0, "num_steps": 60, "smoothing": 0.05, "diverge": 5.0}
@@ -40,7 +41,9 @@ def test_sweep_runs_exponentially_and_stops_on_divergence() -> None:
     )
     model = nn.Linear(8, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=FIND.start_lr)
-    stepper = Stepper(optimizer, None, torch.device("cpu"), None, None, None, model)
+    task = Classification(OmegaConf.create({}), ["negative", "positive"])
+    cpu = torch.device("cpu")
+    stepper = Stepper(optimizer, None, cpu, None, None, None, model, task, nn.CrossEntropyLoss())
     result = sweep_lr(model, loader, stepper, FIND)
     assert result.lrs[0] == pytest.approx(FIND.start_lr)
     ratios = [b / a for a, b in zip(result.lrs, result.lrs[1:], strict=False)]

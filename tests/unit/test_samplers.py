@@ -7,9 +7,10 @@ import logging
 import pytest
 import torch
 
-from finetune.data.class_counts import class_counts, labels_of, report_class_counts
+from finetune.data.class_counts import class_counts, report_class_counts
 from finetune.data.loaders import SINGLE_PROCESS, EpochSampler
 from finetune.data.samplers import WeightedEpochSampler, train_sampler
+from finetune.data.splits import labels_of
 from finetune.data.tensors import TensorImages
 from finetune.engine.distributed import DistInfo
 from finetune.safety.errors import FinetuneError
@@ -74,5 +75,13 @@ def test_class_counts_and_the_few_validation_images_warning(caplog) -> None:
 
 
 def test_labels_of_a_data_set_without_labels_is_named() -> None:
-    with pytest.raises(FinetuneError, match="list has no labels"):
+    with pytest.raises(FinetuneError, match="list lists no labels"):
         labels_of([1, 2, 3])
+
+
+def test_weighted_sampler_refuses_multi_label_data() -> None:
+    rows = TensorImages(torch.zeros(4, 3, 2, 2), torch.tensor([[1, 0], [1, 1], [0, 1], [1, 0]]))
+    with pytest.raises(FinetuneError, match="multi-label data has several"):
+        train_sampler("weighted", rows, 0, torch.Generator())
+    counts = class_counts({"train": rows}, ["a", "b"])
+    assert counts == {"train": {"a": 3, "b": 2}}
