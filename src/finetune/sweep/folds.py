@@ -10,10 +10,12 @@ finished folds.
 from __future__ import annotations
 
 import csv
-import os
+import io
 import statistics
 from pathlib import Path
 from typing import Any
+
+from finetune.safety.atomic import write_text
 
 FOLDS_CSV = "folds.csv"
 FOLD_KEY = "data.fold="
@@ -76,12 +78,11 @@ def write_fold_summary(
     records = fold_summary(rows, finished)
     if not records:
         return records
-    tmp = sweep_dir / f".{FOLDS_CSV}.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(records)
-    os.replace(tmp, sweep_dir / FOLDS_CSV)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(records)
+    write_text(sweep_dir / FOLDS_CSV, buffer.getvalue())
     return records
 
 
