@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -12,13 +14,22 @@ from finetune.models.features import check_cache_features, feature_loaders
 from finetune.models.freeze import Freezer
 from finetune.safety.errors import FinetuneError
 
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
 
 def config(tmp_path, **freeze):
     return OmegaConf.create(
         {
             "seed": 0,
             "model": {"name": "test_resnet"},
-            "data": {"name": "digits", "batch_size": 4, "num_workers": 0, "augment": False},
+            "data": {
+                "name": "digits",
+                "batch_size": 4,
+                "num_workers": 0,
+                "augment": False,
+                "sampler": "random",
+            },
+            "augment": OmegaConf.load(CONF_DIR / "augment" / "light.yaml"),
             "freeze": {
                 "policy": "backbone",
                 "cache_features": True,

@@ -13,7 +13,8 @@ from finetune.data.digits import digits_splits
 from finetune.data.digits_multilabel import digits_multilabel_splits
 from finetune.data.folders import image_folder_splits
 from finetune.data.multilabel_table import multilabel_table_splits
-from finetune.data.splits import Splits
+from finetune.data.splits import Splits, check_folds
+from finetune.data.tables import image_table_splits
 from finetune.safety.errors import FinetuneError
 
 BUILDERS = {
@@ -22,6 +23,7 @@ BUILDERS = {
     "cifar10": cifar10_splits,
     "digits_multilabel": digits_multilabel_splits,
     "multilabel_table": multilabel_table_splits,
+    "image_table": image_table_splits,
 }
 
 
@@ -30,6 +32,7 @@ def build_splits(cfg: DictConfig, seed: int) -> Splits:
     if cfg.name not in BUILDERS:
         raise FinetuneError(f"data.name={cfg.name} is unknown; use one of {sorted(BUILDERS)}")
     check_fractions(cfg)
+    check_folds(cfg)
     splits = BUILDERS[cfg.name](cfg, seed)
     if len(splits.train) == 0 or len(splits.val) == 0:
         raise FinetuneError(

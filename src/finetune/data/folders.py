@@ -100,6 +100,11 @@ def image_folder_splits(cfg: DictConfig, seed: int) -> Splits:
             f"data.on_bad_image={cfg.on_bad_image} must be one of {', '.join(BAD_IMAGE_CHOICES)}"
         )
     if (root / "train").is_dir() and (root / "val").is_dir():
+        if cfg.folds is not None:
+            raise FinetuneError(
+                f"data.folds={cfg.folds} needs one folder to split into folds (DIR/<class>/), "
+                f"but data.root={cfg.root} has train/ and val/ already"
+            )
         train, class_names = scan_class_folders(root / "train", cfg.classes)
         val, _ = scan_class_folders(root / "val", class_names)
         has_test = (root / "test").is_dir()

@@ -112,8 +112,10 @@ def build_loaders(
     }
     # A last batch of one sample breaks BatchNorm in training; drop only that one.
     drop_last = len(splits.train) % cfg.batch_size == 1
+    from finetune.data.samplers import train_sampler  # it builds on EpochSampler, below
+
     generator = torch.Generator()
-    sampler = EpochSampler(len(splits.train), seed, generator, rank)
+    sampler = train_sampler(cfg.sampler, splits.train, seed, generator, rank)
 
     def tracked(name: str) -> TrackedDataset:
         """The split, with what each worker is loading noted, to name it if the worker dies."""

@@ -30,6 +30,19 @@ class Splits:
     test_source: str = "test"  # which split the test metrics really come from
 
 
+def check_folds(cfg: DictConfig) -> None:
+    """data.folds=K (2 or more) with data.fold in 0..K-1; or no folds and fold 0."""
+    folds, fold = cfg.folds, cfg.fold
+    if folds is None:
+        if fold != 0:
+            raise FinetuneError(f"data.fold={fold} needs data.folds=K (k-fold cross-validation)")
+        return
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise FinetuneError(f"data.folds={folds} must be an integer of 2 or more (or null)")
+    if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < folds:
+        raise FinetuneError(f"data.fold={fold} must be one of 0..{folds - 1} (data.folds={folds})")
+
+
 def select_classes(
     labels: torch.Tensor, class_names: list[str], wanted: Any
 ) -> tuple[np.ndarray, torch.Tensor, list[str]]:
@@ -57,8 +70,14 @@ def class_index(item: Any, class_names: list[str]) -> int:
 def stratified_split(
     labels: np.ndarray, cfg: DictConfig, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Indices of train, val and test, each class in the same proportion in each split."""
+    """Indices of train, val and test, each class in the same proportion in each split.
+
+    With `data.folds=K` the test split is held out first (the same for every fold), and the
+    rest is cut into K stratified folds: fold `data.fold` is validation, the others train.
+    """
     indices = np.arange(len(labels))
+    if cfg.folds is not None:
+        return fold_split(labels, cfg, seed)
     held_out = cfg.val_fraction + cfg.test_fraction
     if held_out == 0:
         return indices, indices[:0], indices[:0]
@@ -91,3 +110,26 @@ def labels_of(dataset: Dataset) -> torch.Tensor:
     if labels and isinstance(labels[0], torch.Tensor):
         return torch.stack(labels)
     return torch.as_tensor(labels)
+
+
+def fold_split(
+    labels: np.ndarray, cfg: DictConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train and val of fold `cfg.fold` of `cfg.folds` (stratified, seeded), and the test split."""
+    from sklearn.model_selection import StratifiedKFold
+
+    indices = np.arange(len(labels))
+    rest, test = indices, indices[:0]
+    if cfg.test_fraction > 0:
+        rest, test = train_test_split(
+            indices, test_size=cfg.test_fraction, stratify=labels, random_state=seed
+        )
+    smallest = np.bincount(labels[rest]).min(initial=len(rest))
+    if smallest < cfg.folds:
+        raise FinetuneError(
+            f"data.folds={cfg.folds} needs at least {cfg.folds} images of each class outside the "
+            f"test split, but one class has {smallest}; lower data.folds"
+        )
+    folds = StratifiedKFold(n_splits=cfg.folds, shuffle=True, random_state=seed)
+    train, val = list(folds.split(rest, labels[rest]))[cfg.fold]
+    return rest[train], rest[val], test

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from finetune.data import Preprocessing, Splits, build_loaders, build_splits, resolve_preprocessing
+from finetune.data.augment import batch_mixer, check_mixing, train_transform
 from finetune.engine.distributed import DistInfo, wrap_ddp
 from finetune.engine.loop import Stepper, steps_in_epoch
 from finetune.engine.optim import param_groups
@@ -68,6 +69,7 @@ def build_parts(
         clock.mark("model")
     prep = resolve_preprocessing(model, cfg.data.image_size)
     loaders = build_loaders(cfg.data, splits, prep, cfg.seed, device, rank)
+    splits.train.transform = train_transform(cfg.augment, cfg.data, splits.kind, prep)
     model.to(device)
     if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -93,7 +95,11 @@ def build_parts(
     ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
     criterion = task.loss(splits.train).to(device)
     scaler = grad_scaler(device, dtype)
-    stepper = Stepper(optimizer, scheduler, device, dtype, scaler, ema, model, task, criterion)
+    check_mixing(cfg)
+    mixer = batch_mixer(cfg.augment, cfg.data, len(splits.class_names), cfg.seed)
+    stepper = Stepper(
+        optimizer, scheduler, device, dtype, scaler, ema, model, task, criterion, mixer
+    )
     return Parts(
         cfg, device, splits, task, model, model_info, prep, loaders, freezer, trained, net, stepper
     )

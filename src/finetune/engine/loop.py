@@ -53,6 +53,7 @@ class Stepper:
     ema_source: nn.Module | None  # the unwrapped model the EMA follows
     task: Task  # how a batch goes in and what its targets are
     criterion: nn.Module  # the training loss (cfg.loss), on the device
+    mix: Any | None = None  # finetune.data.augment.BatchMixer: mixup/cutmix, soft targets
 
 
 def steps_in_epoch(loader: DataLoader, trainer: DictConfig) -> int:
@@ -99,10 +100,13 @@ def train_one_epoch(
     bar = ProgressBar(
         steps, f"epoch {loop.epoch + 1}", enabled=trainer.progress_bar, initial=loop.step_in_epoch
     )
+    batches_done = loop.step_in_epoch * accumulate  # skipped on a mid-epoch resume
     for batch, data in enumerate(loader, start=1):
         if loop.step_in_epoch >= steps:
             break
         images, targets = task.inputs_and_targets(data, device, trainer.channels_last)
+        if stepper.mix is not None:  # seeded by (epoch, batch): the same on resume
+            images, targets = stepper.mix(images, targets, loop.epoch + 1, batches_done + batch)
         steps_now = batch % accumulate == 0
         # DDP all-reduces gradients on every backward; between steps that is wasted work.
         sync = contextlib.nullcontext() if steps_now or not distributed else model.no_sync()

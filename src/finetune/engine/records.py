@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from finetune.data.class_counts import report_class_counts, split_class_counts
 from finetune.data.folders import skipped_images
 from finetune.data.tracking import last_sample_of
+from finetune.engine import lr_finder
 from finetune.engine.distributed import dist_info, quiet_other_ranks
 from finetune.engine.rundir import RunPaths, read_summary, write_hparams, write_summary
 from finetune.engine.setup import model_summary
 from finetune.models.factory import count_parameters
+from finetune.records.augmented import log_augmented_grid
 from finetune.records.progress import log_to_file_only
 from finetune.safety.errors import one_line
 from finetune.safety.faults import explain, fault_counts, status_of
@@ -75,8 +78,17 @@ def record_start(run: Run) -> None:
         "preprocessing": parts.prep.as_dict(),
         "classes": parts.task.class_names,
         "split_sizes": {k: len(v.dataset) for k, v in parts.loaders.items()},
+        "class_counts": split_class_counts(parts.splits),
         "test_split": parts.splits.test_source,
     }
+    if run.lr_found is not None:  # optimizer.lr=find: the range test that chose the LR
+        facts["lr_find"] = {"suggestion": run.lr_found.suggestion, "plot": lr_finder.PLOT}
+        lr_finder.record(run.lr_found, run.cfg, run.paths.root, run.loggers)
+    if not run.cfg.freeze.cache_features:  # cached features are no images
+        augment, prep = run.cfg.augment, parts.prep
+        log_augmented_grid(
+            run.loggers, parts.splits.train, augment.grid_images, parts.stepper.mix, prep
+        )
     write_hparams(run.paths, run.cfg, facts)
     log_to_file_only(model_summary(parts.model, parts.prep.image_size, parts.device))
 
@@ -85,6 +97,8 @@ def describe(run: Run) -> None:
     """One line: model, weights, device, classes, parameters, training samples."""
     parts = run.parts
     params = count_parameters(parts.model)
+    if run.rank.is_main:
+        report_class_counts(split_class_counts(parts.splits), run.cfg.data.min_val_per_class)
     run.summary.update(
         pretrained=parts.model_info.pretrained_source, classes=parts.task.class_names
     )

@@ -32,7 +32,9 @@ from finetune.engine.distributed import (
     dist_info,
     rank_device,
 )
+from finetune.engine.early_stopping import EarlyStopping, early_stopping
 from finetune.engine.loop import LoopState, evaluate, train_one_epoch
+from finetune.engine.lr_finder import RangeTest, resolve_lr
 from finetune.engine.optim import add_param_groups
 from finetune.engine.records import (
     checkpoint_metadata,
@@ -76,6 +78,8 @@ class Run:
     loop: LoopState
     summary: dict[str, Any]
     stop: StopRequest
+    stopper: EarlyStopping  # trainer.patience
+    lr_found: RangeTest | None  # optimizer.lr=find: the range test that chose the LR
 
 
 def run(cfg: DictConfig) -> float:
@@ -103,7 +107,7 @@ def run(cfg: DictConfig) -> float:
         raise
     finally:
         stop.close()
-    finish_summary(paths, summary, "completed", started)
+    finish_summary(paths, summary, finished_status(summary), started)
     log.info(
         "Done in %.1fs: %s | run directory %s",
         time.time() - started,
@@ -111,6 +115,11 @@ def run(cfg: DictConfig) -> float:
         paths.root,
     )
     return best
+
+
+def finished_status(summary: dict[str, Any]) -> str:
+    """completed, or early_stopped when trainer.patience ended the run (tested as usual)."""
+    return "early_stopped" if summary.get("early_stopped") else "completed"
 
 
 def setup(
@@ -127,6 +136,7 @@ def setup(
     device = rank_device(cfg.trainer.device, rank) or pick_device(cfg.trainer.device)
     seed_everything(cfg.seed)
     torch.autograd.set_detect_anomaly(cfg.trainer.detect_anomaly)  # the op that made a NaN
+    found = resolve_lr(cfg, device, rank)  # optimizer.lr=find: the range test's suggestion
     parts = build_parts(cfg, device, rank, clock)
     checkpoint = cfg.checkpoint
     checkpointer = Checkpointer(
@@ -157,6 +167,8 @@ def setup(
         LoopState(),
         summary,
         stop,
+        early_stopping(cfg.trainer, cfg.mode),
+        found,
     )
     if resumed is not None:
         restore(resumed, run)
@@ -174,13 +186,27 @@ def setup(
 def fit(run: Run) -> None:
     """Epochs until `trainer.epochs`, each one recorded and checkpointed."""
     while run.loop.epoch < run.cfg.trainer.epochs:
-        run_epoch(run)
+        stop_early = run_epoch(run)
         if run.stop.requested:
             raise run.stop.stopped()
+        if stop_early:
+            trainer = run.cfg.trainer
+            log.info(
+                "Early stopping at epoch %d: %s has not improved by more than %s for %d epochs",
+                run.loop.epoch,
+                run.cfg.monitor,
+                trainer.min_delta,
+                trainer.patience,
+            )
+            run.summary["early_stopped"] = True
+            return
 
 
-def run_epoch(run: Run) -> None:
-    """Train one epoch, validate, write its row, save its checkpoint, record its pictures."""
+def run_epoch(run: Run) -> bool:
+    """Train one epoch, validate, write its row, save its checkpoint, record its pictures.
+
+    True when early stopping (trainer.patience) says the run should end here.
+    """
     cfg, parts, loop = run.cfg, run.parts, run.loop
     epoch, epoch_start = loop.epoch + 1, time.time()
     thawed = parts.freezer.apply(epoch)  # gradual: the backbone joins the optimizer
@@ -201,6 +227,8 @@ def run_epoch(run: Run) -> None:
     samples = prediction_samples(run)
     val = validate(run, samples)
     loop.epoch, loop.step_in_epoch, loop.epoch_loss_sum = epoch, 0, 0.0
+    # Before the checkpoint, which keeps its state; a missing monitor is named by the save.
+    stop_early = run.stopper.step(val[cfg.monitor]) if cfg.monitor in val else False
     row = {
         "epoch": epoch,
         "step": loop.global_step,
@@ -216,6 +244,7 @@ def run_epoch(run: Run) -> None:
     is_best = save_epoch(run, train_loss, val)
     record_epoch(run, row, samples, is_best)
     report_to_sweeper(epoch, val[cfg.monitor])  # an Optuna pruner may stop this trial
+    return stop_early
 
 
 def validate(run: Run, samples: Predictions | None) -> dict[str, float]:

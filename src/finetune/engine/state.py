@@ -46,6 +46,7 @@ def state_of(run: Run, loss: float, metrics: dict[str, float]) -> dict[str, Any]
         "freeze": {"policy": run.cfg.freeze.policy, "frozen_stages": run.parts.freezer.frozen},
         "config": OmegaConf.to_container(run.cfg, resolve=True),
         "wandb_run_id": run.loggers.wandb_run_id,
+        "early_stopping": run.stopper.state_dict(),
         "format_version": FORMAT_VERSION,
     }
 
@@ -71,6 +72,8 @@ def restore(state: dict[str, Any], run: Run) -> None:
     if stepper.ema is not None and state["ema_state_dict"] is not None:
         load_exact(stepper.ema.module, state["ema_state_dict"], "the resumed EMA weights")
     run.checkpointer.restore(state)
+    if "early_stopping" in state:  # written since trainer.patience exists
+        run.stopper.load_state_dict(state["early_stopping"])
     set_rng_state(state["rng"])
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from finetune.data.folders import collate_readable
-from finetune.data.loaders import EpochSampler
+from finetune.data.samplers import train_sampler
 from finetune.engine.checkpoint import save_torch
 from finetune.records.progress import ProgressBar
 from finetune.safety.errors import FinetuneError
@@ -36,10 +36,18 @@ def check_cache_features(cfg: DictConfig) -> None:
         raise FinetuneError(
             f"freeze.cache_features=true needs freeze=backbone, not freeze={cfg.freeze.policy}"
         )
-    if cfg.data.augment:
+    from finetune.data.augment import augmenting
+
+    mixes = cfg.augment.name != "none" and (cfg.augment.mixup_alpha or cfg.augment.cutmix_alpha)
+    if mixes:
         raise FinetuneError(
-            "freeze.cache_features=true needs data.augment=false (random "
-            "augmentation would change the features every epoch)"
+            f"freeze.cache_features=true cannot mix images (augment={cfg.augment.name} has "
+            "mixup/cutmix); use augment=none, or augment.mixup_alpha=0 augment.cutmix_alpha=0"
+        )
+    if augmenting(cfg.augment, cfg.data):
+        raise FinetuneError(
+            "freeze.cache_features=true needs augmentation off, augment=none or "
+            "data.augment=false (random augmentation would change the features every epoch)"
         )
 
 
@@ -113,7 +121,7 @@ def feature_loaders(
             log.info("Features cached in %s", path)
     generator = torch.Generator()
     train = TensorDataset(cached["train"]["features"], cached["train"]["labels"])
-    sampler = EpochSampler(len(train), cfg.seed, generator)
+    sampler = train_sampler(cfg.data.sampler, train, cfg.seed, generator)
     result = {
         "train": DataLoader(
             train,

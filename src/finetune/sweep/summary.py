@@ -31,10 +31,13 @@ from omegaconf import DictConfig
 from finetune.engine.rundir import RunPaths
 from finetune.safety.atomic import write_text
 from finetune.safety.errors import one_line
+from finetune.sweep.folds import fold_table, write_fold_summary
 
 log = logging.getLogger(__name__)
 
 SUMMARY = "summary.csv"
+# A job that ended well: trained all its epochs, or stopped early (trainer.patience) and tested.
+FINISHED = ("completed", "early_stopped")
 COLUMNS = (
     "job",
     "status",
@@ -84,6 +87,9 @@ class SweepSummary(Callback):
         rows = write_csv(self.sweep_dir, self.monitor)
         if rows:  # none when the sweeper stopped before any job (its error says why)
             log.info(leaderboard(rows, self.monitor, self.mode, self.sweep_dir / SUMMARY))
+            folds = write_fold_summary(self.sweep_dir, rows, FINISHED)
+            if folds:
+                log.info(fold_table(folds, self.monitor))
 
 
 def job_outcome(job_return: JobReturn) -> tuple[str, str]:
@@ -160,7 +166,7 @@ def leaderboard(rows: list[dict[str, Any]], monitor: str, mode: str, path: Path)
 
     def rank(row: dict[str, Any]) -> tuple[float, int]:
         best = row["best"]
-        usable = row["status"] == "completed" and best is not None and math.isfinite(best)
+        usable = row["status"] in FINISHED and best is not None and math.isfinite(best)
         return (sign * best if usable else math.inf, row["job"])
 
     shared = set.intersection(*(set(row["overrides"].split()) for row in rows)) if rows else set()
@@ -183,8 +189,10 @@ def leaderboard(rows: list[dict[str, Any]], monitor: str, mode: str, path: Path)
         "  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1]
         for line in table
     ]
-    failed = sum(row["status"] != "completed" for row in rows)
-    footer = f"{len(rows)} jobs, {failed} not completed; summary: {path}"
+    failed = sum(row["status"] not in FINISHED for row in rows)
+    early = sum(row["status"] == "early_stopped" for row in rows)
+    stopped = f", {early} stopped early" if early else ""
+    footer = f"{len(rows)} jobs, {failed} not completed{stopped}; summary: {path}"
     return "Sweep leaderboard:\n" + "\n".join(lines) + "\n" + footer
 
 

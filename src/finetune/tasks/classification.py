@@ -14,19 +14,26 @@ if TYPE_CHECKING:
 
 
 class Classification(Task):
-    """Top-1 accuracy, macro F1 and top-5 accuracy; a labelled grid and a confusion matrix."""
+    """Accuracy (top-1, balanced, top-5), macro F1; a labelled grid and a confusion matrix."""
 
     def metrics(self) -> MetricCollection:
-        """Top-1 accuracy, macro F1, and top-5 accuracy when there are more than 5 classes.
+        """Top-1 accuracy, macro F1, balanced accuracy, and top-5 accuracy beyond 5 classes.
 
-        With 5 classes or fewer top-5 accuracy is 1 by definition, so it is left out.
+        Balanced accuracy (the mean of per-class recalls) and macro F1 weigh every class alike,
+        so an imbalanced run can monitor them (monitor=val/balanced_acc) where plain accuracy
+        rewards predicting the big classes. `f1` stays for the runs that read it; `f1_macro` is
+        the same number under the name that says how it averages. With 5 classes or fewer
+        top-5 accuracy is 1 by definition, so it is left out.
         """
         from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
         n = self.num_outputs
+        f1 = MulticlassF1Score(num_classes=n, average="macro")
         metrics = {
             "acc": MulticlassAccuracy(num_classes=n, top_k=1, average="micro"),
-            "f1": MulticlassF1Score(num_classes=n, average="macro"),
+            "f1": f1,
+            "f1_macro": f1.clone(),
+            "balanced_acc": MulticlassAccuracy(num_classes=n, top_k=1, average="macro"),
         }
         if n > 5:
             metrics["acc5"] = MulticlassAccuracy(num_classes=n, top_k=5, average="micro")
