@@ -97,13 +97,15 @@ def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
     return cleaned
 
 
-def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> list[str]:
-    """Load weights into `model`, replacing a classifier head of another size.
+def load_into(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, head: list[str]
+) -> list[str]:
+    """Load weights into `model`, replacing a classifier head (module names `head`) of another size.
 
     Returns notes for the run's records. Any other mismatch is an error that lists the keys:
     silently half-loaded weights are a wasted run.
     """
-    head = head_prefixes(model)
+    head = tuple(f"{name}." for name in head)
     own = model.state_dict()
     dropped = [
         key
@@ -137,13 +139,6 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str
         log.info(note)
         notes.append(note)
     return notes
-
-
-def head_prefixes(model: nn.Module) -> tuple[str, ...]:
-    """Parameter-name prefixes of the classifier head(s), from timm's pretrained config."""
-    classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or "fc"
-    names = classifier if isinstance(classifier, (list, tuple)) else (classifier,)
-    return tuple(f"{name}." for name in names)
 
 
 def load_exact(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
