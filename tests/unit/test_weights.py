@@ -62,3 +62,16 @@ def test_files_strip_wrapper_prefixes_and_refuse_pickled_code(tmp_path: Path) ->
     (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(FinetuneError, match="broken.safetensors"):
         load_state_dict_file(tmp_path / "broken.safetensors")
+
+
+def test_weights_of_a_frozen_batchnorm_run_load() -> None:
+    """A freeze=backbone run's checkpoint has no num_batches_tracked: model.pretrained=RUN works."""
+    from timm.utils.model import freeze
+
+    frozen = tiny(10)
+    freeze(frozen, [n for n, _ in frozen.named_children() if n != "fc"])
+    state = frozen.state_dict()
+    assert not any(k.endswith("num_batches_tracked") for k in state)
+    target = tiny(10)
+    assert load_into(target, state, source="probe", head=["fc"]) == []
+    assert torch.equal(target.conv1[0].weight, frozen.conv1[0].weight)

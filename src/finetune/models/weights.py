@@ -120,6 +120,8 @@ def load_into(
     ]
     missing = [key for key in own if key not in filtered and key not in dropped]
     missing = [key for key in missing if not key.startswith(head) or key in state_dict]
+    # A frozen run's BatchNorm (FrozenBatchNorm2d) saves no counter; the fresh one starts at 0.
+    missing = [key for key in missing if not key.endswith("num_batches_tracked")]
     unexpected = [key for key in filtered if key not in own]
     problems = [("shape mismatch", wrong_shape), ("missing", missing), ("unexpected", unexpected)]
     problems = [(kind, keys) for kind, keys in problems if keys]
