@@ -81,20 +81,29 @@ def train_resume_straight(train_in, base: Path, *overrides: str) -> dict[str, Pa
 
 
 @pytest.fixture(scope="module", params=sorted(WEIGHTS))
-def source_runs(request, tmp_path_factory, train_in) -> dict[str, Path]:
-    """A linear probe from the built weights, then freeze=none from the probe's run."""
+def source(request, tmp_path_factory) -> dict:
+    """A source, its built weights, and where its runs go."""
     base = tmp_path_factory.mktemp(request.param)
-    model = WEIGHTS[request.param](base)
+    return {"name": request.param, "base": base, "model": WEIGHTS[request.param](base)}
+
+
+@pytest.fixture(scope="module")
+def probe_run(source, train_in) -> Path:
+    """A linear probe (freeze=backbone) on the built weights."""
+    base = source["base"]
     probe = train_in(
-        base, *TINY, *model, "freeze=backbone", "trainer.epochs=1", run_dir=base / "probe"
+        base, *TINY, *source["model"], "freeze=backbone", "trainer.epochs=1", run_dir=base / "probe"
     )
     assert probe.returncode == 0, probe.output[-3000:]
-    tuned = (*TINY, *model, f"model.pretrained={base / 'probe'}", "freeze=none")
-    return {
-        "source": request.param,
-        "probe": base / "probe",
-        **train_resume_straight(train_in, base, *tuned),
-    }
+    return base / "probe"
+
+
+@pytest.fixture(scope="module")
+def source_runs(source, probe_run, train_in) -> dict:
+    """freeze=none from the probe's run: 1 epoch resumed to 2, and 2 straight."""
+    tuned = (*TINY, *source["model"], f"model.pretrained={probe_run}", "freeze=none")
+    runs = train_resume_straight(train_in, source["base"], *tuned)
+    return {"source": source["name"], "probe": probe_run, **runs}
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +131,10 @@ def export(run_dir: Path, out: Path) -> int:
     return module.main([str(run_dir), "--out", str(out), "--formats", "torchscript", "export"])
 
 
-def test_probe_trains_only_the_head_of_loaded_weights(source_runs):
-    facts = hparams(source_runs["probe"])
-    assert facts["model"]["source"] == source_runs["source"] and facts["model"]["pretrained_loaded"]
-    head = last_weights(source_runs["probe"])
+def test_probe_trains_only_the_head_of_loaded_weights(source, probe_run):
+    facts = hparams(probe_run)
+    assert facts["model"]["source"] == source["name"] and facts["model"]["pretrained_loaded"]
+    head = last_weights(probe_run)
     head_size = sum(
         v.numel() for k, v in head.items() if k.startswith(tuple(facts["model"]["head"]))
     )
