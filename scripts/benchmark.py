@@ -4,6 +4,7 @@
     python scripts/benchmark.py --model test_resnet --steps 60 --repeats 7
     python scripts/benchmark.py --model resnet18 --batch-size 32 optimizer=sgd   # Hydra overrides
     python scripts/benchmark.py --variants project bf16 chlast ema compile accum2 clip frozen cached
+    python scripts/benchmark.py --model vit_tiny_patch16_224 --variants project frozen lora
 
 Each variant trains the same model on the same data for the same number of steps, with the
 optimizer and scheduler built as a run builds them from the real YAML
@@ -18,7 +19,8 @@ noise (0.79 to 1.27); one thread varied 5%. `--threads 0` keeps torch's own choi
 
 Each option row is "project" with one option on (bf16 autocast, channels_last, EMA,
 torch.compile, accumulation over 2 batches, gradient clipping, a frozen backbone, cached
-features): list "project" first and the ratio column is the option's on/off speed.
+features, LoRA adapters): list "project" first and the ratio column is the option's on/off
+speed. On CUDA a last column gives each variant's peak GPU memory over one timed run.
 A new row is one more `Variant` in ALL_VARIANTS: a name, a loop function, and the Hydra
 overrides its setup needs. After the table, scripts/time_to_first_step.py times start-up.
 """
@@ -160,6 +162,7 @@ ALL_VARIANTS = {
         Variant("bare", bare_loop),
         Variant("project", project_loop),
         Variant("frozen", project_loop, FROZEN),
+        Variant("lora", project_loop, ("freeze=lora", "freeze.allow_random_backbone=true")),
         # Epochs after the first: the features were computed once, while building the setup.
         Variant(
             "cached",
@@ -199,6 +202,17 @@ def images_per_s(variant: Variant, setup: Setup, steps: int) -> float:
     return images_in(setup.loader, steps) / (time.perf_counter() - start)
 
 
+def peak_memory_mib(variant: Variant, setup: Setup, steps: int) -> float:
+    """Peak CUDA memory allocated during `steps` steps (NaN off CUDA: no allocator to ask)."""
+    device = setup.stepper.device
+    if device.type != "cuda":
+        return float("nan")
+    torch.cuda.reset_peak_memory_stats(device)
+    variant.loop(setup, steps)
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -213,8 +227,12 @@ def measure(
     warmup_steps: int,
     overrides: Sequence[str] = (),
     variants: Sequence[Variant] = VARIANTS,
+    peaks: dict[str, float] | None = None,
 ) -> dict[str, list[float]]:
-    """images/s of every variant over `repeats` alternating runs, after a warm-up of each."""
+    """images/s of every variant over `repeats` alternating runs, after a warm-up of each.
+
+    With `peaks` (a dict to fill) and a CUDA device, also each variant's peak memory in MiB.
+    """
     with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
         setups = {}
         for variant in variants:
@@ -229,6 +247,9 @@ def measure(
             order = variants if repeat % 2 == 0 else list(reversed(variants))
             for variant in order:
                 rates[variant.name].append(images_per_s(variant, setups[variant.name], steps))
+        if peaks is not None:
+            for variant in variants:
+                peaks[variant.name] = peak_memory_mib(variant, setups[variant.name], steps)
         for setup in setups.values():
             setup.loggers.finish("completed")
     return rates
@@ -247,17 +268,21 @@ def ratios(rates: dict[str, list[float]]) -> dict[str, float]:
     }
 
 
-HEADER = f"{'model':<14}{'variant':<10}{'images/s':>10}{'min..max':>16}{'ratio':>8}"
+HEADER = f"{'model':<22}{'variant':<10}{'images/s':>10}{'min..max':>16}{'ratio':>8}{'peak MiB':>10}"
 
 
-def table_rows(model: str, rates: dict[str, list[float]]) -> str:
-    """A model's rows under HEADER: median images/s, spread, ratio to the first variant."""
+def table_rows(
+    model: str, rates: dict[str, list[float]], peaks: dict[str, float] | None = None
+) -> str:
+    """A model's rows under HEADER: median images/s, spread, ratio to the first, peak memory."""
     lines = []
     for name, ratio in ratios(rates).items():
         values = rates[name]
         spread = f"{min(values):.0f}..{max(values):.0f}"
         median = statistics.median(values)
-        lines.append(f"{model:<14}{name:<10}{median:>10.1f}{spread:>16}{ratio:>8.3f}")
+        peak = (peaks or {}).get(name, float("nan"))
+        memory = "-" if peak != peak else f"{peak:.0f}"  # NaN: not measured
+        lines.append(f"{model:<22}{name:<10}{median:>10.1f}{spread:>16}{ratio:>8.3f}{memory:>10}")
     return "\n".join(lines)
 
 
@@ -303,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(HEADER)
     for model in args.model:
+        peaks: dict[str, float] = {}
         rates = measure(
             model,
             args.steps,
@@ -312,8 +338,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.warmup_steps,
             [f"logger={args.logger}", *args.overrides],
             [ALL_VARIANTS[name] for name in args.variants],
+            peaks,
         )
-        print(table_rows(model, rates), flush=True)
+        print(table_rows(model, rates, peaks), flush=True)
     if args.startup_runs:
         print()
         print(startup_table(args.model, args.overrides, args.startup_runs, args.threads))

@@ -76,3 +76,24 @@ def test_startup_table_times_a_real_run_to_its_first_step() -> None:
     phases, total = [float(s) for s in seconds[:-1]], float(seconds[-1])
     assert name == "test_resnet" and min(phases) >= 0 and total > 0
     assert abs(sum(phases) - total) < 0.06  # the phases add up to the whole (rounded to 0.01 s)
+
+
+def test_lora_row_beside_full_fine_tuning_and_a_frozen_backbone() -> None:
+    benchmark = load_script()
+    names = ["project", "frozen", "lora"]
+    peaks: dict[str, float] = {}
+    rates = benchmark.measure(
+        "test_vit",
+        steps=2,
+        batch_size=16,
+        image_size=32,
+        repeats=1,
+        warmup_steps=1,
+        overrides=["logger=csv"],
+        variants=[benchmark.ALL_VARIANTS[name] for name in names],
+        peaks=peaks,
+    )
+    assert list(benchmark.ratios(rates)) == names and all(v[0] > 0 for v in rates.values())
+    assert list(peaks) == names  # NaN here (no CUDA), shown as "-"
+    rows = benchmark.table_rows("test_vit", rates, peaks).splitlines()
+    assert [row.split()[1] for row in rows] == names

@@ -62,8 +62,13 @@ def check_group(cfg: DictConfig, group: str, option: str) -> None:
 
     if group == "model":
         import timm
+        import torchvision
 
-        assert timm.is_model(cfg.model.name), cfg.model.name
+        assert cfg.model.source in ("timm", "torchvision", "hf")
+        if cfg.model.source == "timm":
+            assert timm.is_model(cfg.model.name), cfg.model.name
+        elif cfg.model.source == "torchvision":
+            assert cfg.model.name in torchvision.models.list_models(module=torchvision.models)
         assert str(cfg.model.pretrained).lower() in ("auto", "true", "false")
         assert cfg.model.drop_path_rate >= 0
         assert isinstance(OmegaConf.to_container(cfg.model.kwargs, resolve=True), dict)

@@ -10,8 +10,10 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
+from finetune.models import timm as timm_source
 from finetune.models.features import check_cache_features, feature_loaders
 from finetune.models.freeze import Freezer
+from finetune.models.source import ModelInfo
 from finetune.safety.errors import FinetuneError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -21,7 +23,7 @@ def config(tmp_path, **freeze):
     return OmegaConf.create(
         {
             "seed": 0,
-            "model": {"name": "test_resnet"},
+            "model": {"source": "timm", "name": "test_resnet"},
             "data": {
                 "name": "digits",
                 "batch_size": 4,
@@ -40,17 +42,24 @@ def config(tmp_path, **freeze):
     )
 
 
+def info_of(model: torch.nn.Module) -> ModelInfo:
+    head = timm_source.head_of(model)
+    return ModelInfo("m", 3, "test", True, [], "timm", head, {}, timm_source.stages_of(model, head))
+
+
 def test_cached_features_through_the_head_equal_the_model(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", num_classes=3)
-    Freezer(model, OmegaConf.create({"policy": "backbone"})).apply(epoch=1)
+    Freezer(model, OmegaConf.create({"policy": "backbone"}), info_of(model)).apply(epoch=1)
     images, labels = torch.randn(10, 3, 32, 32), torch.randint(0, 3, (10,))
     loaders = {
         split: DataLoader(TensorDataset(images, labels), batch_size=4)
         for split in ("train", "val", "test")
     }
     cfg = config(tmp_path)
-    cached = feature_loaders(model, loaders, cfg, {"image_size": 32}, torch.device("cpu"))
+    cached = feature_loaders(
+        model, model.get_classifier(), loaders, cfg, {"image_size": 32}, torch.device("cpu")
+    )
     features, cached_labels = next(iter(cached["val"]))
     model.eval()
     with torch.no_grad():
@@ -60,7 +69,9 @@ def test_cached_features_through_the_head_equal_the_model(tmp_path):
     assert len(files) == 1
     # Reused: a second call reads the file instead of running the backbone.
     mtime = files[0].stat().st_mtime_ns
-    feature_loaders(model, loaders, cfg, {"image_size": 32}, torch.device("cpu"))
+    feature_loaders(
+        model, model.get_classifier(), loaders, cfg, {"image_size": 32}, torch.device("cpu")
+    )
     assert files[0].stat().st_mtime_ns == mtime
 
 

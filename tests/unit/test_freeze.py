@@ -10,7 +10,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from finetune.engine.optim import add_param_groups, param_groups
 from finetune.engine.schedulers import cosine_with_warmup
-from finetune.models.freeze import Freezer, backbone_stages, check_freeze, frozen_stage_count
+from finetune.models import timm as timm_source
+from finetune.models.freeze import Freezer, check_freeze, frozen_stage_count
+from finetune.models.source import ModelInfo
 from finetune.safety.errors import FinetuneError
 
 
@@ -27,10 +29,18 @@ def freeze_cfg(policy: str, **extra) -> OmegaConf:
     return OmegaConf.create({**base, **extra})
 
 
+def info_of(model: torch.nn.Module) -> ModelInfo:
+    """What the timm source says of `model`: its head and stages."""
+    head = timm_source.head_of(model)
+    info = ModelInfo("m", 3, "test", True, [], "timm", head)
+    info.stages = timm_source.stages_of(model, head)
+    return info
+
+
 def frozen_model(policy: str, name: str = "test_resnet", **extra):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=3)
-    freezer = Freezer(model, freeze_cfg(policy, **extra))
+    freezer = Freezer(model, freeze_cfg(policy, **extra), info_of(model))
     freezer.apply(epoch=1)
     return model, freezer
 
@@ -72,7 +82,7 @@ def test_optimizer_receives_only_trainable_parameters_with_their_learning_rates(
 @pytest.mark.parametrize("name", ["test_resnet", "test_vit", "convnext_atto", "efficientnet_b0"])
 def test_partial_freezes_the_stem_and_first_stages_of_any_family(name):
     model, freezer = frozen_model("partial", name=name, stages=1)
-    stages = backbone_stages(model)
+    stages = freezer.stages
     assert len(stages) >= 3
     first = dict(model.named_parameters())
     stem_and_first = [n for stage in stages[:2] for n in stage.modules + stage.parameters]

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
-from finetune.models import factory as models
+from finetune.models import timm as timm_source
 from finetune.models.factory import build_model, count_parameters
 from finetune.safety.errors import FinetuneError
 
@@ -21,7 +21,7 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 def nothing_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     """Offline with an empty weights cache, whatever this machine has downloaded before."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(models, "cached_weights_file", lambda name: None)
+    monkeypatch.setattr(timm_source, "cached_weights_file", lambda name: None)
 
 
 def model_cfg(pretrained: object, name: str = "test_resnet") -> DictConfig:

@@ -18,7 +18,7 @@ def tiny(num_classes: int, name: str = "test_resnet") -> torch.nn.Module:
 
 def test_same_shape_loads_everything() -> None:
     source, target = tiny(10), tiny(10)
-    notes = load_into(target, source.state_dict(), source="test")
+    notes = load_into(target, source.state_dict(), source="test", head=["fc"])
     assert notes == []
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
@@ -28,7 +28,7 @@ def test_head_of_another_size_is_replaced_and_reported() -> None:
     torch.manual_seed(0)
     source, target = tiny(1000), tiny(5)
     head_before = target.fc.weight.detach().clone()
-    notes = load_into(target, source.state_dict(), source="test")
+    notes = load_into(target, source.state_dict(), source="test", head=["fc"])
     assert len(notes) == 1 and "fc.weight" in notes[0] and "replaced" in notes[0]
     assert target.fc.weight.shape == (5, head_before.shape[1])
     assert torch.equal(target.fc.weight, head_before)
@@ -37,7 +37,7 @@ def test_head_of_another_size_is_replaced_and_reported() -> None:
 
 def test_wrong_architecture_lists_the_keys() -> None:
     with pytest.raises(FinetuneError) as error:
-        load_into(tiny(10), tiny(10, "test_vit").state_dict(), source="vit.pt")
+        load_into(tiny(10), tiny(10, "test_vit").state_dict(), source="vit.pt", head=["fc"])
     message = str(error.value)
     assert "vit.pt" in message and "missing" in message and "unexpected" in message
     assert "conv1.0.weight" in message and "\n" not in message
@@ -47,7 +47,7 @@ def test_body_shape_mismatch_is_an_error_not_a_silent_skip() -> None:
     state = tiny(10).state_dict()
     state["conv1.0.weight"] = torch.zeros(1, 1, 1, 1)
     with pytest.raises(FinetuneError, match="shape mismatch: conv1.0.weight"):
-        load_into(tiny(10), state, source="test")
+        load_into(tiny(10), state, source="test", head=["fc"])
 
 
 def test_files_strip_wrapper_prefixes_and_refuse_pickled_code(tmp_path: Path) -> None:
@@ -62,3 +62,16 @@ def test_files_strip_wrapper_prefixes_and_refuse_pickled_code(tmp_path: Path) ->
     (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(FinetuneError, match="broken.safetensors"):
         load_state_dict_file(tmp_path / "broken.safetensors")
+
+
+def test_weights_of_a_frozen_batchnorm_run_load() -> None:
+    """A freeze=backbone run's checkpoint has no num_batches_tracked: model.pretrained=RUN works."""
+    from timm.utils.model import freeze
+
+    frozen = tiny(10)
+    freeze(frozen, [n for n, _ in frozen.named_children() if n != "fc"])
+    state = frozen.state_dict()
+    assert not any(k.endswith("num_batches_tracked") for k in state)
+    target = tiny(10)
+    assert load_into(target, state, source="probe", head=["fc"]) == []
+    assert torch.equal(target.conv1[0].weight, frozen.conv1[0].weight)

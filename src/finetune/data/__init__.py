@@ -1,7 +1,7 @@
 """Data: splits of a data set, the transforms the model expects, and seeded loaders.
 
 splits = build_splits(cfg.data, seed)          # raw samples and class names
-prep = resolve_preprocessing(model, size)      # mean, std, interpolation from timm
+prep = resolve_preprocessing(info.preprocessing, size)  # mean, std, interpolation
 loaders = build_loaders(cfg.data, splits, prep, seed, device)
 """
 

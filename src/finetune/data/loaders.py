@@ -40,16 +40,16 @@ class Preprocessing:
         }
 
 
-def resolve_preprocessing(model: torch.nn.Module, image_size: int) -> Preprocessing:
-    """Mean, std and interpolation from timm's resolved data config of `model`.
+def resolve_preprocessing(source_prep: dict[str, Any], image_size: int) -> Preprocessing:
+    """Mean, std and interpolation the model's source resolved (ModelInfo.preprocessing).
 
     A pretrained backbone should see inputs normalised like the ones it learnt on.
     """
-    from timm.data import resolve_data_config
-
-    config = resolve_data_config({}, model=model)
     return Preprocessing(
-        image_size, tuple(config["mean"]), tuple(config["std"]), config["interpolation"]
+        image_size,
+        tuple(source_prep["mean"]),
+        tuple(source_prep["std"]),
+        source_prep["interpolation"],
     )
 
 

@@ -27,6 +27,7 @@ from finetune.engine.startup import StartupClock
 from finetune.models.factory import ModelInfo
 from finetune.models.features import check_cache_features, feature_loaders
 from finetune.models.freeze import Freezer, check_freeze
+from finetune.models.lora import add_lora, report_share
 from finetune.tasks.base import Task, build_task
 
 
@@ -65,20 +66,25 @@ def build_parts(
     task = build_task(cfg, splits.class_names)
     model, model_info = task.build_model(cfg.model)
     check_freeze(cfg.freeze, model_info.pretrained_loaded)
+    if cfg.freeze.policy == "lora":
+        add_lora(model, cfg.freeze, model_info)
     if clock:
         clock.mark("model")
-    prep = resolve_preprocessing(model, cfg.data.image_size)
+    prep = resolve_preprocessing(model_info.preprocessing, cfg.data.image_size)
     loaders = build_loaders(cfg.data, splits, prep, cfg.seed, device, rank)
     splits.train.transform = train_transform(cfg.augment, cfg.data, splits.kind, prep)
     model.to(device)
     if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)
-    freezer = Freezer(model, cfg.freeze)  # before the optimizer, compile and DDP see the model
+    freezer = Freezer(model, cfg.freeze, model_info)  # before the optimizer, compile, DDP
     freezer.apply(epoch=1)
+    if cfg.freeze.policy == "lora":
+        report_share(model)
     trained = model
     if cfg.freeze.cache_features:
-        loaders = feature_loaders(model, loaders, cfg, prep.as_dict(), device)
-        trained = model.get_classifier()
+        head = model.get_submodule(model_info.head[0])
+        loaders = feature_loaders(model, head, loaders, cfg, prep.as_dict(), device)
+        trained = head
     if clock:
         clock.mark("data")
     net = wrap(trained, cfg, device)

@@ -32,10 +32,13 @@ def checkpoint_path(target: str) -> Path:
 def model_from_checkpoint(
     state: dict[str, Any], num_classes: int | None = None
 ) -> tuple[nn.Module, Preprocessing, DictConfig]:
-    """The trained model in eval mode, its preprocessing and its run's config."""
-    import timm
+    """The trained model in eval mode (LoRA adapters merged), its preprocessing and run config.
 
+    The model is rebuilt by its source without pretrained weights (the checkpoint has them).
+    """
     from finetune.engine.state import check_format
+    from finetune.models.factory import build_model
+    from finetune.models.lora import add_lora, merge_lora
 
     if "config" not in state or "model_state_dict" not in state:
         raise FinetuneError(
@@ -44,9 +47,11 @@ def model_from_checkpoint(
         )
     check_format(state, "the checkpoint")
     cfg = OmegaConf.create(state["config"])
-    kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
-    classes = num_classes or state["model_state_dict"][head_weight_key(state)].shape[0]
-    model = timm.create_model(cfg.model.name, pretrained=False, num_classes=classes, **kwargs)
+    classes = num_classes or len(state["classes"])
+    model_cfg = OmegaConf.merge(cfg.model, {"pretrained": False})
+    model, info = build_model(model_cfg, classes)
+    if cfg.freeze.policy == "lora":
+        add_lora(model, cfg.freeze, info)
     try:
         model.load_state_dict(state["model_state_dict"])
     except RuntimeError as error:
@@ -54,15 +59,9 @@ def model_from_checkpoint(
             f"the checkpoint does not fit {cfg.model.name} with {classes} "
             f"classes: {one_line(error)}"
         ) from None
-    return model.eval(), resolve_preprocessing(model, cfg.data.image_size), cfg
-
-
-def head_weight_key(state: dict[str, Any]) -> str:
-    """The classifier's weight: the last 2-D tensor of the state dict."""
-    matrices = [k for k, v in state["model_state_dict"].items() if v.ndim == 2]
-    if not matrices:
-        raise FinetuneError("the checkpoint's model has no classifier weight")
-    return matrices[-1]
+    if cfg.freeze.policy == "lora":
+        merge_lora(model)
+    return model.eval(), resolve_preprocessing(info.preprocessing, cfg.data.image_size), cfg
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
@@ -73,7 +72,7 @@ def record_start(run: Run) -> None:
     facts = {
         "device": str(parts.device),
         "world_size": run.rank.world_size,
-        "model": asdict(parts.model_info),
+        "model": parts.model_info.record(),
         "parameters": count_parameters(parts.model),
         "preprocessing": parts.prep.as_dict(),
         "classes": parts.task.class_names,

@@ -52,6 +52,7 @@ from finetune.engine.rundir import RunPaths
 from finetune.engine.setup import pick_device, seed_everything
 from finetune.engine.startup import StartupClock
 from finetune.engine.state import restore, state_of
+from finetune.models.native import save_native
 from finetune.models.weights import load_exact, safe_torch_load
 from finetune.records.loggers import Loggers, build_loggers, flat_hparams
 from finetune.records.predictions import Predictions
@@ -263,7 +264,11 @@ def validate(run: Run, samples: Predictions | None) -> dict[str, float]:
         stepper.dtype,
     )
     if stepper.ema is not None:
-        ema = stepper.ema.module if run.net is parts.model else stepper.ema.module.get_classifier()
+        ema = (
+            stepper.ema.module
+            if run.net is parts.model
+            else stepper.ema.module.get_submodule(parts.model_info.head[0])
+        )
         ema_val = evaluate(
             ema, loader, parts.task, run.metrics, stepper.device, "val", limit, None, stepper.dtype
         )
@@ -305,6 +310,8 @@ def test(run: Run) -> float:
     if best_path is None:  # every save failed, under checkpoint.on_error=warn
         raise WriteFailed("no checkpoint could be saved in this run; free disk space, run again")
     load_exact(parts.model, safe_torch_load(Path(best_path))["model_state_dict"], best_path)
+    if run.rank.is_main:  # timm's config.json, transformers' hf/: the best weights, natively
+        save_native(parts.model, parts.model_info, cfg, run.paths.root, parts.task.class_names)
     stepper = parts.stepper
     test_metrics = evaluate(
         run.net,

@@ -54,7 +54,7 @@ def check_cache_features(cfg: DictConfig) -> None:
 def cache_key(model: nn.Module, cfg: DictConfig, prep: dict[str, Any]) -> str:
     """A hash of what decides the features: model name, backbone weights, data, preprocessing."""
     digest = hashlib.sha256()
-    digest.update(cfg.model.name.encode())
+    digest.update(f"{cfg.model.source}:{cfg.model.name}".encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -70,13 +70,17 @@ def cache_key(model: nn.Module, cfg: DictConfig, prep: dict[str, Any]) -> str:
 @torch.inference_mode()
 def extract(
     model: nn.Module,
+    head: nn.Module,
     dataset: Dataset,
     batch_size: int,
     workers: int,
     device: torch.device,
     name: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled backbone features (timm's forward_head with pre_logits) and labels of a split."""
+    """The head's input (pooled backbone features) and the labels of a split.
+
+    A hook on the head reads its input, so this works for any source's model.
+    """
     model.eval()
     loader = DataLoader(
         dataset,
@@ -86,18 +90,22 @@ def extract(
         collate_fn=collate_readable,  # images skipped by data.on_bad_image=skip
     )
     features, labels = [], []
+    hook = head.register_forward_pre_hook(lambda _, args: features.append(args[0].float().cpu()))
     bar = ProgressBar(len(loader), f"features {name}", enabled=True)
-    for images, targets in loader:
-        pooled = model.forward_head(model.forward_features(images.to(device)), pre_logits=True)
-        features.append(pooled.float().cpu())
-        labels.append(targets)
-        bar.advance()
-    bar.close()
+    try:
+        for images, targets in loader:
+            model(images.to(device))
+            labels.append(targets)
+            bar.advance()
+    finally:
+        hook.remove()
+        bar.close()
     return torch.cat(features), torch.cat(labels)
 
 
 def feature_loaders(
     model: nn.Module,
+    head: nn.Module,
     loaders: dict[str, DataLoader],
     cfg: DictConfig,
     prep: dict[str, Any],
@@ -113,7 +121,13 @@ def feature_loaders(
         cached = {}
         for split, loader in loaders.items():
             features, labels = extract(
-                model, loader.dataset, cfg.data.batch_size, cfg.data.num_workers, device, split
+                model,
+                head,
+                loader.dataset,
+                cfg.data.batch_size,
+                cfg.data.num_workers,
+                device,
+                split,
             )
             cached[split] = {"features": features, "labels": labels}
         if path is not None:

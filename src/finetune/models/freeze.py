@@ -4,64 +4,33 @@
   backbone  everything but the classifier: weights and BatchNorm statistics fixed (BatchNorm
             layers become timm's FrozenBatchNorm2d, so `model.train()` cannot move them); no
             gradient is computed through the backbone, and the optimizer never sees it
-  partial   the stem and the first `freeze.stages` stages (timm's group_matcher), any model
+  partial   the stem and the first `freeze.stages` stages, any model
   gradual   like backbone, then thawed at `freeze.unfreeze_at_epoch`: all at once, or one stage
             every `freeze.unfreeze_every_n_epochs` epochs from the top down
+  lora      like backbone, but low-rank adapters (lora.py) inside the backbone train too
 
-Stages come from timm's coarse group_matcher, so one policy works across resnet, convnext,
-efficientnet and vit. Freezing happens before the optimizer, torch.compile and DDP see the model.
+Stages and the head come from the model's source (ModelInfo: timm's coarse group_matcher,
+torchvision's layer1..4 / features.N, transformers' embeddings and encoder layers), so one
+policy works for every source. Freezing happens before the optimizer, torch.compile and DDP
+see the model.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from omegaconf import DictConfig
-from timm.models import group_modules, group_parameters
 from timm.utils.model import freeze as timm_freeze
 from timm.utils.model import unfreeze as timm_unfreeze
 from torch import nn
 
+from finetune.models.heads import in_head
+from finetune.models.source import ModelInfo, Stage
 from finetune.safety.errors import FinetuneError
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("none", "backbone", "partial", "gradual")
-
-
-@dataclass
-class Stage:
-    """One coarse group of a timm model: module names and parameters held directly by the model."""
-
-    modules: list[str]
-    parameters: list[str]
-
-
-def backbone_stages(model: nn.Module) -> list[Stage]:
-    """The model's stages from stem to top, the classifier left out."""
-    matcher = model.group_matcher(coarse=True)
-    module_groups = group_modules(model, matcher)
-    param_groups = group_parameters(model, matcher)
-    classifier = classifier_names(model)
-    modules = dict(model.named_modules())
-    stages = []
-    for group_id in sorted(module_groups):
-
-        def keep(name: str) -> bool:
-            return not any(name == c or name.startswith(f"{c}.") for c in classifier)
-
-        names = [n for n in module_groups[group_id] if keep(n) and n in modules]
-        direct = [n for n in param_groups[group_id] if keep(n) and "." not in n]
-        if names or direct:
-            stages.append(Stage(names, direct))
-    return stages
-
-
-def classifier_names(model: nn.Module) -> list[str]:
-    """Names of the classifier head module(s), from timm's pretrained config."""
-    classifier = model.pretrained_cfg.get("classifier") or "fc"
-    return list(classifier) if isinstance(classifier, (list, tuple)) else [classifier]
+POLICIES = ("none", "backbone", "partial", "gradual", "lora")
 
 
 def set_stages(model: nn.Module, stages: list[Stage], frozen: bool) -> None:
@@ -79,7 +48,7 @@ def frozen_stage_count(cfg: DictConfig, total: int, epoch: int) -> int:
     """How many stages (from the stem up) are frozen during `epoch` (1-based)."""
     if cfg.policy == "none":
         return 0
-    if cfg.policy == "backbone":
+    if cfg.policy in ("backbone", "lora"):
         return total
     if cfg.policy == "partial":
         return min(total, cfg.stages + 1)  # the stem, then `stages` stages
@@ -110,9 +79,9 @@ def check_freeze(cfg: DictConfig, pretrained_loaded: bool) -> None:
 class Freezer:
     """Applies a policy and moves it along epoch by epoch (gradual thawing)."""
 
-    def __init__(self, model: nn.Module, cfg: DictConfig) -> None:
-        self.model, self.cfg = model, cfg
-        self.stages = backbone_stages(model)
+    def __init__(self, model: nn.Module, cfg: DictConfig, info: ModelInfo) -> None:
+        self.model, self.cfg, self.head = model, cfg, info.head
+        self.stages = info.stages
         self.frozen = 0  # stages frozen now, counted from the stem
 
     def apply(self, epoch: int) -> list[nn.Parameter]:
@@ -121,6 +90,9 @@ class Freezer:
         thawed: list[nn.Parameter] = []
         if target > self.frozen:
             set_stages(self.model, self.stages[self.frozen : target], frozen=True)
+            if self.cfg.policy == "lora":  # the adapters inside the frozen stages train
+                for name, param in self.model.named_parameters():
+                    param.requires_grad |= "lora_" in name
         elif target < self.frozen:
             before = {id(p) for p in self.model.parameters() if p.requires_grad}
             set_stages(self.model, self.stages[target : self.frozen], frozen=False)
@@ -138,9 +110,4 @@ class Freezer:
 
     def backbone_parameters(self) -> set[int]:
         """ids of every parameter outside the classifier (for the backbone learning rate)."""
-        head = classifier_names(self.model)
-        return {
-            id(p)
-            for name, p in self.model.named_parameters()
-            if not any(name == h or name.startswith(f"{h}.") for h in head)
-        }
+        return {id(p) for name, p in self.model.named_parameters() if not in_head(name, self.head)}

@@ -97,13 +97,15 @@ def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
     return cleaned
 
 
-def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> list[str]:
-    """Load weights into `model`, replacing a classifier head of another size.
+def load_into(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, head: list[str]
+) -> list[str]:
+    """Load weights into `model`, replacing a classifier head (module names `head`) of another size.
 
     Returns notes for the run's records. Any other mismatch is an error that lists the keys:
     silently half-loaded weights are a wasted run.
     """
-    head = head_prefixes(model)
+    head = tuple(f"{name}." for name in head)
     own = model.state_dict()
     dropped = [
         key
@@ -118,6 +120,8 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str
     ]
     missing = [key for key in own if key not in filtered and key not in dropped]
     missing = [key for key in missing if not key.startswith(head) or key in state_dict]
+    # A frozen run's BatchNorm (FrozenBatchNorm2d) saves no counter; the fresh one starts at 0.
+    missing = [key for key in missing if not key.endswith("num_batches_tracked")]
     unexpected = [key for key in filtered if key not in own]
     problems = [("shape mismatch", wrong_shape), ("missing", missing), ("unexpected", unexpected)]
     problems = [(kind, keys) for kind, keys in problems if keys]
@@ -137,13 +141,6 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str
         log.info(note)
         notes.append(note)
     return notes
-
-
-def head_prefixes(model: nn.Module) -> tuple[str, ...]:
-    """Parameter-name prefixes of the classifier head(s), from timm's pretrained config."""
-    classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or "fc"
-    names = classifier if isinstance(classifier, (list, tuple)) else (classifier,)
-    return tuple(f"{name}." for name in names)
 
 
 def load_exact(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
