@@ -103,6 +103,15 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     for key, value in results.items():
         print(f"{key}: {value:.4f}")
     log.info("Wrote %s", out)
+    if cfg.report.enabled:
+        from finetune.engine.report import write_run_report
+
+        report_cfg = OmegaConf.merge(run_cfg, {"data": data_cfg, "report": cfg.report})
+        title = f"{path} on {data_cfg.name} ({cfg.split})"
+        report_dir = path.with_name(f"{path.stem}.report-{cfg.split}")
+        write_run_report(
+            report_dir, title, model, splits, cfg.split, prep, report_cfg, device, None
+        )
     return results
 
 

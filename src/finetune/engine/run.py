@@ -34,6 +34,7 @@ from finetune.engine.distributed import (
 )
 from finetune.engine.loop import LoopState, evaluate, train_one_epoch
 from finetune.engine.optim import add_param_groups
+from finetune.engine.report import report_at_end_of_run
 from finetune.engine.records import (
     checkpoint_metadata,
     describe,
@@ -294,7 +295,9 @@ def test(run: Run) -> float:
     hparam_metrics = {**final, f"best/{cfg.monitor}": best_score, **test_metrics}
     loggers.log_hparams(flat_hparams(cfg), hparam_metrics)
     loggers.log_checkpoint(Path(best_path), checkpoint_metadata(run))
-    loggers.finish("completed")
+    loggers.finish("completed")  # curves.png is drawn: the report shows it
+    if dist_info().is_main and cfg.report.enabled:
+        run.summary["report"] = report_at_end_of_run(run.paths, parts, cfg)
     run.summary.update(
         test=test_metrics,
         test_split=parts.splits.test_source,
