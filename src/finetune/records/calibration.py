@@ -69,7 +69,8 @@ def reliability_figure(
     """Accuracy against confidence per bin, before and after temperature scaling."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 4.2), dpi=100, layout="constrained")
+    figure = Figure(figsize=(10, 4.2), dpi=90)
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.9, wspace=0.2)
     edges = np.linspace(0, 1, bins + 1)
     for ax, scaled, title in zip(
         figure.subplots(1, 2),
