@@ -63,6 +63,7 @@ def predict(ckpt: str, input: str, out: str | None = None, **options: Any) -> Pr
 
 def predict_from_config(cfg: DictConfig) -> PredictResult:
     """predict.py: the files go to `out`, by default <run>/predictions/."""
+    check_settings(cfg.predict)  # a bad option is named before anything loads
     path = checkpoint_path(str(cfg.ckpt))
     out = Path(cfg.out) if cfg.out else path.parent.parent / "predictions"
     result = run_predict(str(cfg.ckpt), str(cfg.input), cfg.predict, out)
