@@ -23,6 +23,7 @@ from finetune.data.folders import collate_readable
 from finetune.engine.precision import autocast
 from finetune.records.calibration import fit_temperature
 from finetune.records.report import ReportInputs, top_loss_indices, write_report
+from finetune.safety.errors import FinetuneError
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ def write_run_report(
     splits as the run did.
     """
     started = time.perf_counter()
+    if len(getattr(splits, split)) == 0 or len(splits.val) == 0:
+        raise FinetuneError(f"the {split} or the val split is empty: there is nothing to report on")
     val_logits, val_targets, _ = split_outputs(model, splits.val, cfg.data, device, dtype)
     dataset = getattr(splits, split)
     logits, targets, indices = split_outputs(model, dataset, cfg.data, device, dtype)
