@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from finetune.data.inputs import gather_inputs
-from finetune.records.prediction_files import classification_rows, rows_csv
+from finetune.records.prediction_files import add_truth, rows_csv
 from finetune.safety.errors import FinetuneError
 
 CLASSES = ["a", "b", "c"]
@@ -55,12 +55,18 @@ def test_a_table_with_unknown_labels_is_refused(tmp_path):
         gather_inputs(str(table), CLASSES)
 
 
-def test_rows_have_top_k_labels_and_truth_and_fixed_decimals():
+def test_rows_have_top_k_labels_and_truth():
+    from omegaconf import OmegaConf
+
+    from finetune.tasks.classification import Classification
+
+    task = Classification(OmegaConf.create({}), CLASSES)
     probs = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]])
-    rows = classification_rows(["x.png", "y.png"], probs, CLASSES, top_k=5, truths=["b", "c"])
+    rows = task.prediction_rows(["x.png", "y.png"], probs, top_k=5)
+    add_truth(rows, ["b", "c"])
     assert rows[0] == {
-        "file": "x.png", "label_1": "b", "prob_1": "0.700000", "label_2": "c",
-        "prob_2": "0.200000", "label_3": "a", "prob_3": "0.100000", "true": "b", "correct": 1,
+        "file": "x.png", "label_1": "b", "prob_1": 0.7, "label_2": "c", "prob_2": 0.2,
+        "label_3": "a", "prob_3": 0.1, "true": "b", "correct": 1,
     }  # fmt: skip
     assert rows[1]["correct"] == 0
     text = rows_csv(rows, list(rows[0])).decode()

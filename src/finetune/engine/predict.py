@@ -29,9 +29,10 @@ from finetune.data.inputs import InputFiles, PredictImages, collate_inputs, gath
 from finetune.engine.evaluation import checkpoint_path, model_from_checkpoint, predict_transform
 from finetune.engine.setup import pick_device
 from finetune.models.weights import safe_torch_load
-from finetune.records.prediction_files import classification_rows, contact_sheet, write_rows
+from finetune.records.prediction_files import add_truth, contact_sheet, write_rows
 from finetune.records.progress import ProgressBar
 from finetune.safety.errors import FinetuneError
+from finetune.tasks.base import Task, build_task
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,9 @@ def run_predict(ckpt: str, spec: str, settings: DictConfig, out: Path | None) ->
     state = safe_torch_load(path)
     model, prep, run_cfg = model_from_checkpoint(state)
     class_names = list(state["classes"])
+    task = build_task(run_cfg, class_names)  # what the outputs mean and how rows look
     inputs = gather_inputs(spec, class_names)
-    kind = "tensor" if run_cfg.data.name == "digits" else "pil"
+    kind = "tensor" if run_cfg.data.name.startswith("digits") else "pil"  # as load_model
     loader = DataLoader(
         PredictImages(inputs.files, predict_transform(prep, kind)),
         batch_size=settings.batch_size,
@@ -92,14 +94,16 @@ def run_predict(ckpt: str, spec: str, settings: DictConfig, out: Path | None) ->
     )
     forward = build_forward(settings, model, path)
     temperature = resolve_temperature(settings.temperature, path)
-    probs, indices, errors = predict_probs(loader, forward, settings, temperature)
+    probs, indices, errors = predict_probs(loader, forward, task, settings, temperature)
+    rows = task.prediction_rows([inputs.names[i] for i in indices], probs, settings.top_k)
     truths = [inputs.truths[i] for i in indices] if inputs.labelled else None
-    names = [inputs.names[i] for i in indices]
-    rows = classification_rows(names, probs, class_names, settings.top_k, truths)
+    if truths is not None:
+        add_truth(rows, truths)
     unreadable = [{"file": inputs.names[i], "error": error} for i, error in errors]
     for item in unreadable:
         log.warning("unreadable input %s: %s (left out)", item["file"], item["error"])
-    accuracy = sum(row["correct"] for row in rows) / len(rows) if truths and rows else None
+    judged = [row["correct"] for row in rows if "correct" in row]
+    accuracy = sum(judged) / len(judged) if judged else None
     result = PredictResult(rows, unreadable, accuracy)
     if out is not None:
         write_outputs(out, result, inputs, indices, settings.sheet_images)
@@ -183,6 +187,7 @@ def onnx_forward(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 def predict_probs(
     loader: DataLoader,
     forward: Callable[[torch.Tensor], torch.Tensor],
+    task: Task,
     settings: DictConfig,
     temperature: float,
 ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
@@ -193,9 +198,9 @@ def predict_probs(
         errors += batch["errors"]
         if batch["images"] is not None:
             images = batch["images"]
-            p = (forward(images) / temperature).softmax(dim=1)
+            p = task.probabilities(forward(images) / temperature)
             if settings.tta == "flip":  # the mirror image too: average the two
-                p = (p + (forward(images.flip(-1)) / temperature).softmax(dim=1)) / 2
+                p = (p + task.probabilities(forward(images.flip(-1)) / temperature)) / 2
             probs.append(p)
             indices += batch["indices"]
         bar.advance()

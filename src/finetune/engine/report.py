@@ -20,10 +20,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from finetune.data import Preprocessing, Splits
 from finetune.data.folders import collate_readable
+from finetune.engine.build import Parts
 from finetune.engine.precision import autocast
+from finetune.engine.rundir import RunPaths
 from finetune.records.calibration import fit_temperature
 from finetune.records.report import ReportInputs, top_loss_indices, write_report
 from finetune.safety.errors import FinetuneError
+from finetune.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -129,26 +132,35 @@ def write_run_report(
     return page
 
 
-def report_at_end_of_run(
-    run_dir: Path,
-    model: nn.Module,
-    splits: Splits,
-    prep: Preprocessing,
-    cfg: DictConfig,
-    device: torch.device,
-    dtype: torch.dtype | None,
-) -> str | None:
+def report_at_end_of_run(paths: RunPaths, parts: Parts, cfg: DictConfig) -> str | None:
     """The run's report/ on its test split; a report that fails is a warning, not a failed run.
 
     The run has trained and tested by now: its checkpoints and metrics are what matter.
     """
-    title = f"{cfg.model.name} on {cfg.data.name} (test): {run_dir}"
+    if not has_report(parts.task):
+        return None
+    title = f"{cfg.model.name} on {cfg.data.name} (test): {paths.root}"
     try:
         page = write_run_report(
-            run_dir / "report", title, model, splits, "test", prep, cfg, device, dtype,
-            curves=run_dir / "curves.png",
+            paths.root / "report", title, parts.model, parts.splits, "test", parts.prep, cfg,
+            parts.stepper.device, parts.stepper.dtype, curves=paths.curves,
         )  # fmt: skip
     except Exception as error:  # noqa: BLE001 (a bug in drawing must not fail a finished run)
         log.warning("The report could not be written (the run is complete): %r", error)
         return None
     return str(page)
+
+
+def has_report(task: Task) -> bool:
+    """The report (confusion, top losses by cross-entropy, temperature) is single-label's.
+
+    Other tasks get none yet (said once); a task-drawn report is the seam to add.
+    """
+    from finetune.tasks.classification import Classification
+
+    if isinstance(task, Classification):
+        return True
+    log.info(
+        "No report for task %s: the report is drawn for classification only", type(task).__name__
+    )
+    return False

@@ -34,7 +34,6 @@ from finetune.engine.distributed import (
 )
 from finetune.engine.loop import LoopState, evaluate, train_one_epoch
 from finetune.engine.optim import add_param_groups
-from finetune.engine.report import report_at_end_of_run
 from finetune.engine.records import (
     checkpoint_metadata,
     describe,
@@ -46,6 +45,7 @@ from finetune.engine.records import (
     record_start,
     start_summary,
 )
+from finetune.engine.report import report_at_end_of_run
 from finetune.engine.resume import load_resume_state, trim_metrics_csv
 from finetune.engine.rundir import RunPaths
 from finetune.engine.setup import pick_device, seed_everything

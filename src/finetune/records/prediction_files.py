@@ -11,35 +11,15 @@ import io
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from finetune.records.gallery import Tile, draw_sheet, save_png
 
 
-def classification_rows(
-    names: list[str],
-    probs: torch.Tensor,
-    class_names: list[str],
-    top_k: int,
-    truths: list[str | None] | None,
-) -> list[dict[str, Any]]:
-    """One row per input: file, top-k labels and probabilities; true and correct when known.
-
-    Shaped as a task's `prediction_rows(names, outputs)` (DESIGN.md) for classification.
-    """
-    k = min(top_k, len(class_names))
-    values, indices = probs.float().topk(k, dim=1)
-    rows = []
-    for i, name in enumerate(names):
-        row: dict[str, Any] = {"file": name}
-        for rank in range(k):
-            row[f"label_{rank + 1}"] = class_names[int(indices[i, rank])]
-            row[f"prob_{rank + 1}"] = f"{float(values[i, rank]):.6f}"
-        if truths is not None:
-            row["true"] = truths[i]
-            row["correct"] = int(row["label_1"] == truths[i])
-        rows.append(row)
-    return rows
+def add_truth(rows: list[dict[str, Any]], truths: list[str | None]) -> None:
+    """`true`, and `correct` where the row has a top label to judge (single-label tasks)."""
+    for row, truth in zip(rows, truths, strict=True):
+        row["true"] = truth
+        if "label_1" in row:
+            row["correct"] = int(row["label_1"] == truth)
 
 
 def rows_csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
@@ -66,7 +46,11 @@ def contact_sheet(path: Path, files: list[Path], rows: list[dict[str, Any]]) -> 
     for file, row in zip(files, rows, strict=True):
         with Image.open(file) as image:
             picture = image.convert("RGB")
-        lines = [f"pred {row['label_1']} {float(row['prob_1']):.2f}"]
+        lines = [
+            f"pred {row['label_1']} {float(row['prob_1']):.2f}"
+            if "label_1" in row
+            else str(row.get("labels", ""))
+        ]
         if "true" in row:
             lines.append(f"true {row['true']}")
         lines.append(Path(row["file"]).name)
