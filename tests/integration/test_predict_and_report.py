@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, train_env, write_image_tree
+from conftest import REPO_ROOT, TRAIN_TIMEOUT_S, train_env, write_image_tree
 from PIL import Image
 
 TINY = (
@@ -59,7 +59,7 @@ def run_script(*args: str, base: Path) -> subprocess.CompletedProcess:
         env=train_env(base),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=TRAIN_TIMEOUT_S,  # a loaded shared machine: imports alone can take minutes
     )
 
 
