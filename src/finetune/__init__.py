@@ -14,4 +14,8 @@ def __getattr__(name: str) -> Any:
         from finetune.engine.inference import load_model
 
         return load_model
+    if name == "predict":
+        from finetune.engine.predict import predict
+
+        return predict
     raise AttributeError(f"module 'finetune' has no attribute {name!r}")

@@ -82,6 +82,9 @@ def test_grid_makes_a_run_dir_per_job_and_a_summary(run_train, tmp_path: Path) -
         assert Path(row["run_dir"]) == jobs[int(row["job"])]
         assert row["overrides"].split() == overrides_of(Path(row["run_dir"]))
     assert "Sweep leaderboard" in result.output and "4 jobs, 0 not completed" in result.output
+    page = (sweep / "index.html").read_text()  # the sweep report: leaderboard and all curves
+    assert all(row["overrides"] in page for row in rows)
+    assert "data:image/png;base64," in page and (sweep / "curves.png").is_file()
 
 
 @pytest.mark.slow

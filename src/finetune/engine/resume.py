@@ -22,7 +22,7 @@ from finetune.safety.errors import FinetuneError
 log = logging.getLogger(__name__)
 
 LAST = "last.pt"
-SINGLE_OPTION_GROUPS = ("trainer", "checkpoint")
+SINGLE_OPTION_GROUPS = ("trainer", "checkpoint", "report")
 
 
 def resume_argv(argv: list[str]) -> list[str]:

@@ -47,6 +47,7 @@ from finetune.engine.records import (
     record_start,
     start_summary,
 )
+from finetune.engine.report import report_at_end_of_run
 from finetune.engine.resume import load_resume_state, trim_metrics_csv
 from finetune.engine.rundir import RunPaths
 from finetune.engine.setup import pick_device, seed_everything
@@ -330,7 +331,9 @@ def test(run: Run) -> float:
     hparam_metrics = {**final, f"best/{cfg.monitor}": best_score, **test_metrics}
     loggers.log_hparams(flat_hparams(cfg), hparam_metrics)
     loggers.log_checkpoint(Path(best_path), checkpoint_metadata(run))
-    loggers.finish("completed")
+    loggers.finish("completed")  # curves.png is drawn: the report shows it
+    if dist_info().is_main and cfg.report.enabled:
+        run.summary["report"] = report_at_end_of_run(run.paths, parts, cfg)
     run.summary.update(
         test=test_metrics,
         test_split=parts.splits.test_source,

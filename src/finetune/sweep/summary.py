@@ -32,6 +32,7 @@ from finetune.engine.rundir import RunPaths
 from finetune.safety.atomic import write_text
 from finetune.safety.errors import one_line
 from finetune.sweep.folds import fold_table, write_fold_summary
+from finetune.sweep.report import write_sweep_report
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class SweepSummary(Callback):
             folds = write_fold_summary(self.sweep_dir, rows, FINISHED)
             if folds:
                 log.info(fold_table(folds, self.monitor))
+            write_sweep_report(self.sweep_dir, ranked(rows, self.mode), self.monitor, self.mode)
 
 
 def job_outcome(job_return: JobReturn) -> tuple[str, str]:
@@ -162,17 +164,10 @@ def write_csv(sweep_dir: Path, monitor: str) -> list[dict[str, Any]]:
 
 def leaderboard(rows: list[dict[str, Any]], monitor: str, mode: str, path: Path) -> str:
     """A table of the jobs, best first; only the overrides that differ between jobs are shown."""
-    sign = -1.0 if mode == "max" else 1.0
-
-    def rank(row: dict[str, Any]) -> tuple[float, int]:
-        best = row["best"]
-        usable = row["status"] in FINISHED and best is not None and math.isfinite(best)
-        return (sign * best if usable else math.inf, row["job"])
-
     shared = set.intersection(*(set(row["overrides"].split()) for row in rows)) if rows else set()
     test_metric = "test/" + monitor.split("/", 1)[-1]
     table = [["job", "status", f"best {monitor}", test_metric, "time (s)", "overrides"]]
-    for row in sorted(rows, key=rank):
+    for row in ranked(rows, mode):
         varying = [item for item in row["overrides"].split() if item not in shared]
         table.append(
             [
@@ -194,6 +189,18 @@ def leaderboard(rows: list[dict[str, Any]], monitor: str, mode: str, path: Path)
     stopped = f", {early} stopped early" if early else ""
     footer = f"{len(rows)} jobs, {failed} not completed{stopped}; summary: {path}"
     return "Sweep leaderboard:\n" + "\n".join(lines) + "\n" + footer
+
+
+def ranked(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """Finished jobs best first by their monitored value, then the others in job order."""
+    sign = -1.0 if mode == "max" else 1.0
+
+    def rank(row: dict[str, Any]) -> tuple[float, int]:
+        best = row["best"]
+        usable = row["status"] in FINISHED and best is not None and math.isfinite(best)
+        return (sign * best if usable else math.inf, row["job"])
+
+    return sorted(rows, key=rank)
 
 
 def fmt(value: float | None, spec: str = ".4f") -> str:

@@ -1,0 +1,166 @@
+"""Collect what a report is drawn from: the model's logits on validation and on one split.
+
+Called once at the end of a run (after the test phase) and by eval.py, never per epoch, so
+the report costs no training time. The passes are in order and unsharded (rank 0 alone), so
+sample i of the outputs is sample i of the split: the gallery can fetch its images, and the
+per-sample names (files) line up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from finetune.data import Preprocessing, Splits
+from finetune.data.folders import collate_readable
+from finetune.engine.build import Parts
+from finetune.engine.precision import autocast
+from finetune.engine.rundir import RunPaths
+from finetune.records.calibration import fit_temperature
+from finetune.records.report import ReportInputs, top_loss_indices, write_report
+from finetune.safety.errors import FinetuneError
+from finetune.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+
+class Indexed(Dataset):
+    """A split whose samples carry their index (an unreadable one stays None, and is dropped)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        sample = self.dataset[index]
+        return None if sample is None else (*sample, index)
+
+
+@torch.no_grad()  # not inference_mode: fitting the temperature needs autograd on these
+def split_outputs(
+    model: nn.Module,
+    dataset: Dataset,
+    data_cfg: DictConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, targets, sample indices) of a whole split, in order, on the CPU."""
+    loader = DataLoader(
+        Indexed(dataset),
+        batch_size=data_cfg.batch_size,
+        num_workers=data_cfg.num_workers,
+        collate_fn=collate_readable,
+    )
+    model.eval()
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for images, targets, indices in loader:
+        with autocast(device, dtype):
+            logits = model(images.to(device)).float()
+        parts.append((logits, targets, indices))
+    logits, targets, indices = (torch.cat(column) for column in zip(*parts, strict=True))
+    return logits.cpu(), targets.long(), indices.long()
+
+
+def sample_names(dataset: Dataset, split: str, indices: torch.Tensor) -> list[str]:
+    """Each sample's file where the data set has files, else split[index]."""
+    files = getattr(dataset, "samples", None)
+    if isinstance(files, list) and files and isinstance(files[0][0], str):
+        return [files[i][0] for i in indices.tolist()]
+    return [f"{split}[{i}]" for i in indices.tolist()]
+
+
+def display_image(dataset: Dataset, index: int, prep: Preprocessing) -> Any:
+    """The sample as the model saw it (after the eval transform), back in [0, 255] RGB."""
+    from PIL import Image
+
+    image = dataset[index][0].float()
+    mean = torch.tensor(prep.mean).view(-1, 1, 1)
+    std = torch.tensor(prep.std).view(-1, 1, 1)
+    pixels = ((image * std + mean).clamp(0, 1) * 255).round().byte()
+    if pixels.shape[0] == 1:
+        pixels = pixels.expand(3, -1, -1)
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+
+
+def write_run_report(
+    report_dir: Path,
+    title: str,
+    model: nn.Module,
+    splits: Splits,
+    split: str,
+    prep: Preprocessing,
+    cfg: DictConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    curves: Path | None = None,
+) -> Path:
+    """The report of `model` on `split` (temperature fitted on val).
+
+    `cfg` is a run's config (model, data, report): data.batch_size and num_workers load the
+    splits as the run did.
+    """
+    started = time.perf_counter()
+    if len(getattr(splits, split)) == 0 or len(splits.val) == 0:
+        raise FinetuneError(f"the {split} or the val split is empty: there is nothing to report on")
+    val_logits, val_targets, _ = split_outputs(model, splits.val, cfg.data, device, dtype)
+    dataset = getattr(splits, split)
+    logits, targets, indices = split_outputs(model, dataset, cfg.data, device, dtype)
+    top = top_loss_indices(logits, targets, cfg.report.top_losses)
+    inputs = ReportInputs(
+        title=title,
+        split=split,
+        class_names=list(splits.class_names),
+        logits=logits,
+        targets=targets,
+        names=sample_names(dataset, split, indices),
+        gallery=[(i, display_image(dataset, int(indices[i]), prep)) for i in top],
+        temperature=fit_temperature(val_logits, val_targets),
+        calibration_bins=cfg.report.calibration_bins,
+        curves=curves,
+    )
+    page = write_report(report_dir, inputs)
+    log.info("Report written in %.1fs: %s", time.perf_counter() - started, page)
+    return page
+
+
+def report_at_end_of_run(paths: RunPaths, parts: Parts, cfg: DictConfig) -> str | None:
+    """The run's report/ on its test split; a report that fails is a warning, not a failed run.
+
+    The run has trained and tested by now: its checkpoints and metrics are what matter.
+    """
+    if not has_report(parts.task):
+        return None
+    title = f"{cfg.model.name} on {cfg.data.name} (test): {paths.root}"
+    try:
+        page = write_run_report(
+            paths.root / "report", title, parts.model, parts.splits, "test", parts.prep, cfg,
+            parts.stepper.device, parts.stepper.dtype, curves=paths.curves,
+        )  # fmt: skip
+    except Exception as error:  # noqa: BLE001 (a bug in drawing must not fail a finished run)
+        log.warning("The report could not be written (the run is complete): %r", error)
+        return None
+    return str(page)
+
+
+def has_report(task: Task) -> bool:
+    """The report (confusion, top losses by cross-entropy, temperature) is single-label's.
+
+    Other tasks get none yet (said once); a task-drawn report is the seam to add.
+    """
+    from finetune.tasks.classification import Classification
+
+    if isinstance(task, Classification):
+        return True
+    log.info(
+        "No report for task %s: the report is drawn for classification only", type(task).__name__
+    )
+    return False
