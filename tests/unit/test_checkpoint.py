@@ -8,15 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from finetune.engine.checkpoint import (
-    Checkpointer,
-    TopK,
-    atomic_write,
-    metric_filename,
-    model_state,
-    rng_state,
-    set_rng_state,
-)
+from finetune.engine.checkpoint import atomic_write, model_state, rng_state, set_rng_state
+from finetune.engine.checkpointer import Checkpointer, TopK, metric_filename
 from finetune.safety.errors import FinetuneError
 
 
@@ -125,3 +118,24 @@ def test_rng_state_round_trips_through_weights_only(tmp_path: Path) -> None:
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+def test_link_fallback_streams_a_copy_without_reading_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune.safety import atomic
+
+    source = tmp_path / "last.pt"
+    source.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+
+    def no_links(*args: object) -> None:
+        raise OSError("hard links not supported")
+
+    def whole_file(*args: object) -> bytes:
+        raise AssertionError("the copy read the whole checkpoint into memory")
+
+    monkeypatch.setattr(atomic.os, "link", no_links)
+    monkeypatch.setattr(Path, "read_bytes", whole_file)
+    atomic.link_atomic(source, tmp_path / "best.pt")
+    with source.open("rb") as a, (tmp_path / "best.pt").open("rb") as b:
+        assert a.read() == b.read()
