@@ -220,11 +220,12 @@ class Checkpointer:
     def restore(self, state: dict[str, Any]) -> None:
         """Take best and top-k back from a resumed checkpoint, and finish its save if cut short.
 
-        Stored paths are read as file names in this folder (checkpoint.local_name).
+        Stored paths are read as file names in this folder (checkpoint.local_name), and best is
+        always best.pt.
         """
         best = dict(state["best"])
         if best["path"] is not None:
-            best["path"] = local_name(best["path"])
+            best["path"] = BEST  # the best checkpoint has one name, whatever the file says
         self.best = best
         self.top_k.entries = [(float(score), local_name(path)) for score, path in state["top_k"]]
         if self.is_main:
@@ -262,13 +263,20 @@ class Checkpointer:
                 weights = state["model_state_dict"]
                 save_safetensors(weights, self.directory / SAFETENSORS, self.metadata)
             return
-        source = next((n for n in kept if top_k_epoch(n) == self.best["epoch"]), None)
+        source = next(
+            (
+                self.directory / name
+                for name in kept
+                if top_k_epoch(name) == self.best["epoch"] and (self.directory / name).is_file()
+            ),
+            None,
+        )
         if source is None:
             log.warning(
                 "%s does not hold epoch %s, and no top-k file does", best, self.best["epoch"]
             )
             return
-        link_atomic(self.directory / source, best)
+        link_atomic(source, best)
 
 
 def top_k_epoch(name: str) -> int | None:

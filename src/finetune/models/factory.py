@@ -49,8 +49,9 @@ class ModelInfo:
 def build_model(cfg: DictConfig, num_classes: int) -> tuple[nn.Module, ModelInfo]:
     """Create `cfg.name` with a `num_classes` head and the weights `cfg.pretrained` asks for."""
     check_model_name(cfg.name)
-    kwargs = {"num_classes": num_classes, "drop_path_rate": cfg.drop_path_rate}
-    kwargs.update(OmegaConf.to_container(cfg.kwargs, resolve=True))
+    extra = OmegaConf.to_container(cfg.kwargs, resolve=True)
+    check_model_kwargs(extra, "model.kwargs")
+    kwargs = {"num_classes": num_classes, "drop_path_rate": cfg.drop_path_rate, **extra}
     mode = normalise_pretrained(cfg.pretrained)
     if mode in ("auto", "true"):
         return build_from_hub(cfg.name, mode, kwargs)
@@ -79,6 +80,25 @@ def check_model_name(name: str) -> None:
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f"close timm names: {', '.join(close)}" if close else "see timm.list_models()"
     raise FinetuneError(f"model.name={name} is not a timm model; {hint}")
+
+
+def check_model_kwargs(kwargs: dict[str, Any], where: str) -> None:
+    """model.kwargs reach the model's constructor, never timm.create_model's own options.
+
+    Those options (checkpoint_path, pretrained_cfg, pretrained_cfg_overlay, cache_dir, ...)
+    make timm read weights from a file or download into a folder: which file is for
+    model.pretrained to say, and a config read back from a checkpoint must not say it. The list
+    is timm's own signature, so a new loading option is refused too.
+    """
+    import inspect
+
+    own = set(inspect.signature(timm.create_model).parameters) - {"kwargs"}
+    refused = sorted(own & set(kwargs))
+    if refused:
+        raise FinetuneError(
+            f"{where} sets {', '.join(refused)}, an option of timm.create_model itself, not of "
+            "the model; give weights with model.pretrained=PATH instead"
+        )
 
 
 def build_from_hub(name: str, mode: str, kwargs: dict[str, Any]) -> tuple[nn.Module, ModelInfo]:
