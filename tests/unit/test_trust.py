@@ -33,7 +33,7 @@ def test_the_projects_own_saved_config_is_trusted(saved, composed) -> None:
 
 
 # Every place a config can carry a `_target_`, including groups no code instantiates today
-# (data, loss, loggers) and keys that later issues may add: all are refused unless conf/ offers
+# (data, loggers) and keys that later issues may add: all are refused unless conf/ offers
 # that target at that key.
 PLACES = {
     "optimizer": lambda c, p: c["optimizer"].update(p),
@@ -41,7 +41,8 @@ PLACES = {
     "scheduler": lambda c, p: c["scheduler"].update(p),
     "model_kwargs": lambda c, p: c["model"]["kwargs"].update(act_layer=p),
     "data": lambda c, p: c["data"].update(p),
-    "loss": lambda c, p: c.update(loss=p),
+    "loss": lambda c, p: c["loss"].update(p),
+    "task": lambda c, p: c["task"].update(p),
     "logger": lambda c, p: c["logger"].update(extra=p),
     "new_group": lambda c, p: c.update(callbacks={"early_stop": p}),
     "list_item": lambda c, p: c["checkpoint"].update(resume_may_change=[p]),
