@@ -31,7 +31,7 @@ def checkpoint_path(target: str) -> Path:
 
 
 def model_from_checkpoint(
-    state: Any, source: str, num_classes: int | None = None
+    state: Any, source: str = "the checkpoint", num_classes: int | None = None
 ) -> tuple[nn.Module, Preprocessing, DictConfig]:
     """The trained model in eval mode, its preprocessing and its run's (checked) config."""
     import timm
