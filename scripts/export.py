@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     path = checkpoint_path(args.ckpt)
-    model, prep, _ = model_from_checkpoint(safe_torch_load(path))
+    model, prep, _ = model_from_checkpoint(safe_torch_load(path), str(path))
     out = args.out or path.parent.parent / "export"
     out.mkdir(parents=True, exist_ok=True)
     example = torch.randn(args.batch, 3, prep.image_size, prep.image_size)
@@ -86,4 +86,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import logging
+
+    from finetune.safety.errors import exit_on_user_error
+
+    logging.basicConfig(format="%(message)s")
+    with exit_on_user_error():  # a bad or untrusted checkpoint: one line and exit status 2
+        sys.exit(main())

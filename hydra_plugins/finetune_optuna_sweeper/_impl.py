@@ -13,6 +13,7 @@ the storage.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,10 @@ class OptunaSweeperImpl(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
         self.sweep_dir = Path(config.hydra.sweep.dir)
+        # As typed: `${oc.env:VAR}` stays a name here, and in every file Hydra writes.
+        self.storage_as_given = OmegaConf.to_container(config.hydra.sweeper, resolve=False)[
+            "storage"
+        ]
 
     def sweep(self, arguments: list[str]) -> None:
         if self.direction not in DIRECTIONS:
@@ -86,6 +91,7 @@ class OptunaSweeperImpl(Sweeper):
                 f"hydra.sweeper.direction={self.direction} must be max(imize) or min(imize)"
             )
         self.direction = DIRECTIONS[self.direction]
+        check_no_password(self.storage_as_given)
         space, fixed = self.search_space(arguments)
         self.check_space(space, fixed)  # composition errors name the key before any trial
         study = self.open_study()
@@ -167,10 +173,11 @@ class OptunaSweeperImpl(Sweeper):
     def open_study(self) -> optuna.Study:
         """Create or load the study; an unusable storage URL is an error before any trial."""
         url = self.storage or f"sqlite:///{(self.sweep_dir / 'optuna.db').resolve()}"
-        shown = url
+        shown = self.storage_as_given if is_interpolation(self.storage_as_given) else url
         try:
             parsed = make_url(url)
-            shown = parsed.render_as_string(hide_password=True)
+            if shown == url:
+                shown = parsed.render_as_string(hide_password=True)
             if parsed.drivername.startswith("sqlite") and parsed.database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             study = optuna.create_study(
@@ -215,10 +222,12 @@ class OptunaSweeperImpl(Sweeper):
         """With a pruner: where the job reports its epochs (sweep/pruning.py reads it)."""
         if not self.pruner:
             return []
+        # The URL (a password, maybe) goes by this process's environment, which the launcher's
+        # jobs inherit; env_set is written into each job's .hydra/hydra.yaml.
+        os.environ[STORAGE_ENV] = self.storage_url
         env = {
             TRIAL_ENV: str(trial._trial_id),  # Optuna re-attaches a trial by id: Trial(study, id)
             STUDY_ENV: study.study_name,
-            STORAGE_ENV: self.storage_url,
         }
         quoted = {key: QuotedString(text=value, quote=Quote.single) for key, value in env.items()}
         return [f"++hydra.job.env_set.{key}={q.with_quotes()}" for key, q in quoted.items()]
@@ -239,6 +248,26 @@ class OptunaSweeperImpl(Sweeper):
         log.info("Best trial %d: value %s, params %s", best.number, best.value, best.params)
         results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
         OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+
+
+def is_interpolation(value: Any) -> bool:
+    return isinstance(value, str) and "${" in value
+
+
+def check_no_password(storage: Any) -> None:
+    """A password typed into hydra.sweeper.storage would land in every job's .hydra/ files."""
+    if not isinstance(storage, str) or is_interpolation(storage):
+        return
+    try:
+        password = make_url(storage).password
+    except Exception:  # a malformed URL: open_study names it
+        return
+    if password:
+        raise SweepError(
+            "hydra.sweeper.storage holds a password, which would be written into every job's "
+            ".hydra/hydra.yaml; put the URL in an environment variable and give "
+            "hydra.sweeper.storage='${oc.env:OPTUNA_STORAGE}' instead"
+        )
 
 
 def distribution(override: Override) -> BaseDistribution:

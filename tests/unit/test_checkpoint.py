@@ -8,15 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from finetune.engine.checkpoint import (
-    Checkpointer,
-    TopK,
-    atomic_write,
-    metric_filename,
-    model_state,
-    rng_state,
-    set_rng_state,
-)
+from finetune.engine.checkpoint import atomic_write, model_state, rng_state, set_rng_state
+from finetune.engine.checkpointer import Checkpointer, TopK, metric_filename
 from finetune.safety.errors import FinetuneError
 
 
@@ -125,3 +118,53 @@ def test_rng_state_round_trips_through_weights_only(tmp_path: Path) -> None:
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+def test_link_fallback_streams_a_copy_without_reading_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune.safety import atomic
+
+    source = tmp_path / "last.pt"
+    source.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+
+    def no_links(*args: object) -> None:
+        raise OSError("hard links not supported")
+
+    def whole_file(*args: object) -> bytes:
+        raise AssertionError("the copy read the whole checkpoint into memory")
+
+    monkeypatch.setattr(atomic.os, "link", no_links)
+    monkeypatch.setattr(Path, "read_bytes", whole_file)
+    atomic.link_atomic(source, tmp_path / "best.pt")
+    with source.open("rb") as a, (tmp_path / "best.pt").open("rb") as b:
+        assert a.read() == b.read()
+
+
+def test_a_tampered_top_k_path_never_deletes_outside_the_folder(tmp_path: Path) -> None:
+    # A checkpoint names files outside its folder; eviction may only touch the folder's own.
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    victim = outside / "epoch=001-val_acc=0.1000.pt"
+    victim.write_text("someone else's file")
+    other = outside / "notes.txt"
+    other.write_text("someone else's file")
+    folder = tmp_path / "checkpoints"
+    model = torch.nn.Linear(3, 2)
+    checkpointer = Checkpointer(folder, "val/acc", "max", save_top_k=2, save_safetensors=False)
+    tampered = {
+        "epoch": 1,
+        "best": {"score": 0.1, "epoch": 1, "path": str(other)},
+        "top_k": [[0.1, str(victim)], [0.05, "../../elsewhere/notes.txt"]],
+    }
+    checkpointer.restore(tampered)
+    assert checkpointer.best_file() == folder / "best.pt"
+    for epoch, acc in ((2, 0.5), (3, 0.6)):  # both better: the tampered entries are evicted
+        checkpointer.save(fake_epoch(model, epoch), model, {"val/acc": acc}, {})
+    assert victim.read_text() == other.read_text() == "someone else's file"
+    last = torch.load(folder / "last.pt", weights_only=True)
+    assert [name for _, name in last["top_k"]] == [
+        "epoch=003-val_acc=0.6000.pt",
+        "epoch=002-val_acc=0.5000.pt",
+    ]
+    assert last["best"]["path"] == "best.pt"

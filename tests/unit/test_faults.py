@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from finetune.data.folders import ImageFiles, collate_readable, skipped_images
 from finetune.data.splits import Splits
 from finetune.data.tracking import TrackedDataset
-from finetune.engine.checkpoint import Checkpointer
+from finetune.engine.checkpointer import Checkpointer
 from finetune.safety.errors import (
     DataFault,
     Diverged,
@@ -166,8 +166,8 @@ def test_a_failed_save_stops_or_warns_and_best_stays_a_file_that_exists(
     assert not save_epoch(lenient, 2, 0.9)  # better, but not saved: not best
     assert lenient.failed_saves == 1
     assert "checkpoint of epoch 2 not saved" in caplog.text
-    assert lenient.best == {"score": 0.5, "epoch": 1, "path": str(good / "best.pt")}
-    assert [Path(path).parent for _, path in lenient.top_k.entries] == [good]
+    assert lenient.best == {"score": 0.5, "epoch": 1, "path": "best.pt"}
+    assert [name for _, name in lenient.top_k.entries] == ["epoch=001-val_acc=0.5000.pt"]
     assert torch.load(good / "best.pt", weights_only=True)["epoch"] == 1
 
 

@@ -4,15 +4,21 @@ A checkpoint opens with `torch.load(path, weights_only=True)`: tensors, numbers,
 lists and dicts only. Every file is written to a temporary name in the same directory,
 fsynced, then renamed over the old one, so a crash at any instant leaves the previous file
 whole.
+
+A save is crash-safe as a whole, not only file by file: last.pt is the commit. It is written
+first and names the best and top-k files of the new state; model.safetensors, best.pt and the
+top-k file follow, and evicted files go last. A kill in between leaves last.pt naming files
+that are one step behind, and a resume finishes the save from last.pt itself (the same
+bytes) before anything else is written (engine/checkpointer.py). Paths inside a checkpoint are
+file names in its own folder, so a copied or moved run directory never touches the original's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
-from dataclasses import dataclass, field
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +27,47 @@ import torch
 from torch import nn
 
 from finetune.models.weights import strip_wrapper_prefixes
-from finetune.safety.atomic import atomic_write, link_atomic
-from finetune.safety.errors import FinetuneError, WriteFailed
+from finetune.safety.atomic import atomic_write
+from finetune.safety.errors import FinetuneError
 
 log = logging.getLogger(__name__)
+
+# Test hook, never set in normal use: `FINETUNE_TEST_KILL_AT=<point>:<epoch>` makes the process
+# SIGKILL itself at that point of that epoch's save (see KILL_POINTS), so tests can prove that a
+# crash between the writes of a save leaves a run that resumes correctly.
+KILL_AT_ENV = "FINETUNE_TEST_KILL_AT"
+KILL_POINTS = ("before_last", "after_last", "after_safetensors", "after_best", "after_top_k")
+TOP_K_PREFIX = "epoch="
 
 
 def save_torch(obj: dict[str, Any], path: Path) -> None:
     atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def kill_point(point: str, epoch: int) -> None:
+    """The test hook (KILL_AT_ENV): SIGKILL this process here when the variable names it."""
+    if os.environ.get(KILL_AT_ENV) == f"{point}:{epoch}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def local_name(stored: str) -> str:
+    """A file name inside the checkpoint folder, from a path read back from a checkpoint.
+
+    Checkpoints store bare names. Whatever a file says, only its last part is used, in this
+    folder: nothing read back can reach outside it.
+    """
+    name = Path(str(stored)).name
+    if name in ("", ".", ".."):
+        raise FinetuneError(f"a checkpoint names the file {stored!r}; expected a file name")
+    return name
+
+
+def saved_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint file holds (memory-mapped, nothing else read); None if unreadable."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:  # missing, damaged or not ours: no epoch
+        return None
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -81,157 +120,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-@dataclass
-class TopK:
-    """The best `k` checkpoints as (score, path), best first; survives a resume via the dict."""
-
-    k: int
-    mode: str
-    entries: list[tuple[float, str]] = field(default_factory=list)
-
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.mode == "max" else a < b
-
-    def admits(self, score: float) -> bool:
-        return self.k > 0 and (
-            len(self.entries) < self.k or self.better(score, self.entries[-1][0])
-        )
-
-    def add(self, score: float, path: str) -> list[str]:
-        """Insert an entry; return the paths that fell out of the top k."""
-        self.entries.append((score, path))
-        self.entries.sort(key=lambda entry: entry[0], reverse=self.mode == "max")
-        evicted = [p for _, p in self.entries[self.k :]]
-        self.entries = self.entries[: self.k]
-        return evicted
-
-
-def metric_filename(epoch: int, metrics: dict[str, float], monitor: str) -> str:
-    """`epoch=007-val_loss=0.1234-val_acc=0.9876.pt`: what a run's files say at a glance."""
-    parts = [f"epoch={epoch:03d}"]
-    for key in dict.fromkeys(["val/loss", monitor]):
-        if key in metrics:
-            parts.append(f"{key.replace('/', '_')}={metrics[key]:.4f}")
-    return "-".join(parts) + ".pt"
-
-
-def save_safetensors(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+def save_safetensors(
+    weights: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
+) -> None:
     """The weights alone, for sharing; metadata says which model and classes."""
     from safetensors.torch import save
 
-    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     atomic_write(path, lambda handle: handle.write(save(state, metadata=metadata)))
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The unwrapped model's state dict, with no `module.` or `_orig_mod.` prefixes."""
     return strip_wrapper_prefixes(unwrap(model).state_dict())
-
-
-class Checkpointer:
-    """Writes last.pt every epoch, best.pt and the top-k files when the monitor improves.
-
-    A save that fails (disk full, unwritable directory) leaves the previous files whole and
-    raises WriteFailed; with `on_error="warn"` (checkpoint.on_error) it is a warning, the
-    run goes on, and best/top-k keep pointing at files that exist.
-    """
-
-    def __init__(
-        self,
-        directory: Path,
-        monitor: str,
-        mode: str,
-        save_top_k: int,
-        save_safetensors: bool,
-        on_error: str = "error",
-    ) -> None:
-        if mode not in ("min", "max"):
-            raise FinetuneError(f"mode={mode} must be min or max")
-        if on_error not in ("error", "warn"):
-            raise FinetuneError(f"checkpoint.on_error={on_error} must be error or warn")
-        self.directory = directory
-        self.monitor = monitor
-        self.top_k = TopK(save_top_k, mode)
-        self.best: dict[str, Any] = {"score": None, "epoch": None, "path": None}
-        self.write_safetensors = save_safetensors
-        self.on_error = on_error
-        self.failed_saves = 0  # saves skipped under on_error=warn, for summary.json
-
-    def improved(self, score: float) -> bool:
-        return self.best["score"] is None or self.top_k.better(score, self.best["score"])
-
-    def save(
-        self,
-        state: dict[str, Any],
-        model: nn.Module,
-        metrics: dict[str, float],
-        metadata: dict[str, str],
-    ) -> bool:
-        """Save `state` as last.pt, and as best/top-k when it earns it. True when it is best."""
-        if self.monitor not in metrics:
-            raise FinetuneError(
-                f"monitor={self.monitor} is not a logged metric; use one of {sorted(metrics)}"
-            )
-        score = float(metrics[self.monitor])
-        is_best = self.improved(score)
-        # The bookkeeping changes only once the files are written: a failed save leaves
-        # best/top-k naming files that exist.
-        best = dict(self.best)
-        if is_best:
-            best = {
-                "score": score,
-                "epoch": state["epoch"],
-                "path": str(self.directory / "best.pt"),
-            }
-        top_path = self.directory / metric_filename(state["epoch"], metrics, self.monitor)
-        admitted = self.top_k.admits(score)
-        top_k = TopK(self.top_k.k, self.top_k.mode, list(self.top_k.entries))
-        evicted = top_k.add(score, str(top_path)) if admitted else []
-        state = {**state, "best": best, "top_k": [list(e) for e in top_k.entries]}
-        last = self.directory / "last.pt"
-        try:
-            save_torch(state, last)
-            # best.pt and top-k files are the same bytes: hard links, not three writes.
-            if is_best:
-                link_atomic(last, self.directory / "best.pt")
-                if self.write_safetensors:
-                    save_safetensors(model, self.directory / "model.safetensors", metadata)
-            if admitted:
-                link_atomic(last, top_path)
-        except WriteFailed as error:
-            self.failed(error, f"epoch {state['epoch']}")
-            return False
-        self.best, self.top_k = best, top_k
-        for path in evicted:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        return is_best
-
-    def save_last(self, state: dict[str, Any]) -> bool:
-        """A mid-epoch last.pt (step checkpoint or preemption): no metrics, so no best/top-k.
-
-        False when the write failed under on_error=warn.
-        """
-        state = {**state, "best": dict(self.best), "top_k": [list(e) for e in self.top_k.entries]}
-        try:
-            save_torch(state, self.directory / "last.pt")
-        except WriteFailed as error:
-            self.failed(error, f"step {state['global_step']}")
-            return False
-        return True
-
-    def failed(self, error: WriteFailed, when: str) -> None:
-        """Raise the write error, or (on_error=warn) count it and say so."""
-        if self.on_error == "error":
-            raise error
-        self.failed_saves += 1
-        log.warning(
-            "checkpoint of %s not saved (checkpoint.on_error=warn, training goes on): %s",
-            when,
-            error,
-        )
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Take best and top-k bookkeeping back from a resumed checkpoint."""
-        self.best = dict(state["best"])
-        self.top_k.entries = [(float(score), str(path)) for score, path in state["top_k"]]

@@ -20,6 +20,7 @@ from finetune.data import Preprocessing, build_loaders, build_splits, resolve_pr
 from finetune.engine.setup import pick_device
 from finetune.models.weights import run_or_file, safe_torch_load
 from finetune.safety.errors import FinetuneError, one_line
+from finetune.safety.trust import trusted_config
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def checkpoint_path(target: str) -> Path:
 
 
 def model_from_checkpoint(
-    state: dict[str, Any], num_classes: int | None = None
+    state: Any, source: str = "the checkpoint", num_classes: int | None = None
 ) -> tuple[nn.Module, Preprocessing, DictConfig]:
     """The trained model in eval mode (LoRA adapters merged), its preprocessing and run config.
 
@@ -40,13 +41,13 @@ def model_from_checkpoint(
     from finetune.models.factory import build_model
     from finetune.models.lora import add_lora, merge_lora
 
-    if "config" not in state or "model_state_dict" not in state:
+    if not isinstance(state, dict) or "config" not in state or "model_state_dict" not in state:
         raise FinetuneError(
-            "the checkpoint has no config or model_state_dict: it was not "
+            f"{source} has no config or model_state_dict: it was not "
             "written by this project (use model.pretrained=PATH for weights)"
         )
-    check_format(state, "the checkpoint")
-    cfg = OmegaConf.create(state["config"])
+    check_format(state, source)
+    cfg = trusted_config(state["config"], source)
     classes = num_classes or len(state["classes"])
     model_cfg = OmegaConf.merge(cfg.model, {"pretrained": False})
     model, info = build_model(model_cfg, classes)
@@ -73,13 +74,15 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
 
     path = checkpoint_path(str(cfg.ckpt))
     state = safe_torch_load(path)
+    if not isinstance(state, dict) or "config" not in state:
+        raise FinetuneError(f"{path} has no config: it was not written by this project")
     check_format(state, path)
-    run_cfg = OmegaConf.create(state["config"])
+    run_cfg = trusted_config(state["config"], str(path))
     data_cfg = cfg.data if "data" in cfg else run_cfg.data  # an optional group
     if cfg.batch_size is not None:
         data_cfg = OmegaConf.merge(data_cfg, {"batch_size": cfg.batch_size})
     splits = build_splits(data_cfg, run_cfg.seed)
-    model, prep, _ = model_from_checkpoint(state, len(splits.class_names))
+    model, prep, _ = model_from_checkpoint(state, str(path), len(splits.class_names))
     device = pick_device(cfg.device)
     loaders = build_loaders(data_cfg, splits, prep, run_cfg.seed, device)
     if cfg.split not in loaders:

@@ -23,7 +23,8 @@ def load_model(path: str) -> LoadedModel:
     from finetune.engine.evaluation import checkpoint_path, model_from_checkpoint, predict_transform
     from finetune.models.weights import safe_torch_load
 
-    state = safe_torch_load(checkpoint_path(str(path)))
-    model, prep, cfg = model_from_checkpoint(state)
+    checkpoint = checkpoint_path(str(path))
+    state = safe_torch_load(checkpoint)
+    model, prep, cfg = model_from_checkpoint(state, str(checkpoint))
     kind = "tensor" if cfg.data.name.startswith("digits") else "pil"  # the embedded sets
     return LoadedModel(model, predict_transform(prep, kind), list(state["classes"]))

@@ -124,14 +124,40 @@ def load_resume_state(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, dict[
     from finetune.models.weights import safe_torch_load
 
     state = safe_torch_load(path)
+    saved = trusted_saved_config(state, path, cfg)  # before anything reads it
     check_format(state, path)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    merged = merge_resume_config(
-        cfg, state["config"], overrides, list(cfg.checkpoint.resume_may_change)
-    )
+    merged = merge_resume_config(cfg, saved, overrides, list(cfg.checkpoint.resume_may_change))
+    take_from_this_machine(merged, cfg, list(cfg.checkpoint.resume_from_this_machine))
     merged.paths.output_dir = str(run_dir)
     log.info("Resuming %s from %s", run_dir, path)
     return merged, state
+
+
+def trusted_saved_config(state: Any, path: Path, composed: DictConfig) -> dict[str, Any]:
+    """The checkpoint's config as plain data, once safety/trust.py has checked it.
+
+    Its `_target_`s must be ones conf/ (or this command) offers at the same keys: a checkpoint
+    never chooses the code that `instantiate` runs on resume.
+    """
+    from finetune.safety.trust import trusted_config
+
+    if not isinstance(state, dict) or "config" not in state:
+        raise FinetuneError(f"resume: {path} has no config; it was not written by this project")
+    checked = trusted_config(state["config"], f"resume: {path}", composed)
+    return OmegaConf.to_container(checked, resolve=False)
+
+
+def take_from_this_machine(merged: DictConfig, composed: DictConfig, keys: list[str]) -> None:
+    """Where this machine keeps things (paths, caches) comes from today's config, not the file.
+
+    A checkpoint's saved paths would choose directories outside its run to write to (the
+    feature cache); they are also wrong on another machine.
+    """
+    for key in keys:
+        value = OmegaConf.select(composed, key)
+        plain = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        OmegaConf.update(merged, key, plain, merge=False, force_add=True)
 
 
 def trim_metrics_csv(path: Path, last_epoch: int) -> None:

@@ -24,7 +24,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from finetune.engine.build import Parts, build_parts
-from finetune.engine.checkpoint import Checkpointer
+from finetune.engine.checkpointer import Checkpointer
 from finetune.engine.distributed import (
     DistInfo,
     barrier,
@@ -148,6 +148,7 @@ def setup(
         checkpoint.save_top_k,
         checkpoint.save_safetensors,
         checkpoint.on_error,
+        is_main=rank.is_main,
     )
     loggers = build_loggers(
         cfg,
@@ -172,6 +173,7 @@ def setup(
         early_stopping(cfg.trainer, cfg.mode),
         found,
     )
+    checkpointer.metadata = checkpoint_metadata(run)  # a resume may rewrite model.safetensors
     if resumed is not None:
         restore(resumed, run)
         trim_metrics_csv(paths.metrics_csv, run.loop.epoch)
@@ -307,7 +309,8 @@ def save_mid_epoch(run: Run, loss: float) -> None:
 def test(run: Run) -> float:
     """The best checkpoint's weights on the test split; returns the best monitored value."""
     cfg, parts, loggers = run.cfg, run.parts, run.loggers
-    best_path = broadcast_from_main(run.checkpointer.best["path"])
+    best_file = run.checkpointer.best_file()
+    best_path = broadcast_from_main(None if best_file is None else str(best_file))
     if best_path is None:  # every save failed, under checkpoint.on_error=warn
         raise WriteFailed("no checkpoint could be saved in this run; free disk space, run again")
     load_exact(parts.model, safe_torch_load(Path(best_path))["model_state_dict"], best_path)
@@ -327,7 +330,9 @@ def test(run: Run) -> float:
     )
     loggers.log_metrics(test_metrics, run.loop.global_step)
     best_score = float(broadcast_from_main(run.checkpointer.best["score"]))
-    final = {k: v for k, v in run.summary["final"].items() if k.startswith(("train/", "val/"))}
+    # A run killed after its last save, before its summary was written, has no "final" yet.
+    final_row = run.summary.get("final", {})
+    final = {k: v for k, v in final_row.items() if k.startswith(("train/", "val/"))}
     hparam_metrics = {**final, f"best/{cfg.monitor}": best_score, **test_metrics}
     loggers.log_hparams(flat_hparams(cfg), hparam_metrics)
     loggers.log_checkpoint(Path(best_path), checkpoint_metadata(run))
@@ -337,7 +342,8 @@ def test(run: Run) -> float:
     run.summary.update(
         test=test_metrics,
         test_split=parts.splits.test_source,
-        best_checkpoint=run.checkpointer.best["path"],
+        best=run.checkpointer.best,
+        best_checkpoint=best_path,
     )
     run.summary.update(faults_so_far(run))
     return best_score

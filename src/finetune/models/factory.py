@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from finetune.models.source import ModelInfo
@@ -33,7 +34,27 @@ def source_of(name: str) -> ModuleType:
 
 def build_model(cfg: DictConfig, num_classes: int) -> tuple[nn.Module, ModelInfo]:
     """Create `cfg.name` from `cfg.source` with a `num_classes` head and its pretrained weights."""
-    return source_of(cfg.source).build(cfg, num_classes)
+    source = source_of(cfg.source)
+    check_model_kwargs(OmegaConf.to_container(cfg.kwargs, resolve=True), source, "model.kwargs")
+    return source.build(cfg, num_classes)
+
+
+def check_model_kwargs(kwargs: dict[str, Any], source: ModuleType, where: str) -> None:
+    """model.kwargs reach the model's constructor, never the loader's own options.
+
+    Those options (timm's checkpoint_path or pretrained_cfg_overlay, transformers'
+    trust_remote_code or cache_dir, torchvision's weights) make a library read a file, fetch
+    weights or run a repository's code: which weights is for model.pretrained to say, and a
+    config read back from a checkpoint must never say it. Each source lists its loader's options
+    (`loader_options()`, from the loader's own signature where it has one).
+    """
+    refused = sorted(source.loader_options() & set(kwargs))
+    if refused:
+        name = source.__name__.rsplit(".", 1)[-1]
+        raise FinetuneError(
+            f"{where} sets {', '.join(refused)}, an option of the {name} loader itself, not of "
+            "the model; give weights with model.pretrained=PATH instead"
+        )
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -47,6 +47,28 @@ class LogitsModel(nn.Module):
         return self.model(pixel_values=pixel_values).logits
 
 
+def loader_options() -> set[str]:
+    """from_pretrained's own options: where files come from and whether a repository's code runs
+    (trust_remote_code); model.kwargs may set only the model's config."""
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    own = set(inspect.signature(PreTrainedModel.from_pretrained).parameters)
+    return (own - {"cls", "args", "kwargs", "model_args"}) | {
+        "trust_remote_code",
+        "code_revision",
+        "revision",
+        "token",
+        "cache_dir",
+        "local_files_only",
+        "force_download",
+        "proxies",
+        "subfolder",
+        "use_safetensors",
+    }
+
+
 def build(cfg: DictConfig, num_outputs: int) -> tuple[nn.Module, ModelInfo]:
     """`cfg.name` (hub id or folder) with a `num_outputs` classifier and the asked-for weights."""
     mode = normalise_pretrained(cfg.pretrained)

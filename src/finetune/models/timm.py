@@ -57,6 +57,14 @@ def build(cfg: DictConfig, num_outputs: int) -> tuple[nn.Module, ModelInfo]:
     return model, info
 
 
+def loader_options() -> set[str]:
+    """timm.create_model's own options (checkpoint_path, pretrained_cfg_overlay, cache_dir, ...):
+    they load files, so model.kwargs may not set them (models/factory.py)."""
+    import inspect
+
+    return set(inspect.signature(timm.create_model).parameters) - {"kwargs", "model_name"}
+
+
 def check_model_name(name: str) -> None:
     """Fail with close timm names when `name` is not one (hf-hub: names are checked by the hub)."""
     if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")) or timm.is_model(name):

@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
+def loader_options() -> set[str]:
+    """Options that fetch weights (`model.weights` and `model.pretrained` say which)."""
+    return {"weights", "weights_backbone", "progress"}
+
+
 def build(cfg: DictConfig, num_outputs: int) -> tuple[nn.Module, ModelInfo]:
     """torchvision's `cfg.name` with a `num_outputs` head and the asked-for weights."""
     import torchvision

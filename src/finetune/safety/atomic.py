@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -55,14 +56,20 @@ def link_atomic(source: Path, target: Path) -> None:
         os.unlink(tmp)
     try:
         os.link(source, tmp)
-    except OSError:
-        atomic_write(target, lambda handle: handle.write(source.read_bytes()))
+    except OSError:  # no hard links here (some network and FUSE file systems): a streamed copy
+        atomic_write(target, lambda handle: copy_into(source, handle))
         return
     try:
         os.replace(tmp, target)
     except OSError as error:
         raise write_failed(target, error) from None
     fsync_directory(target.parent)
+
+
+def copy_into(source: Path, handle: IO[bytes]) -> None:
+    """Stream `source` into an open file in chunks: a large checkpoint never sits in memory."""
+    with source.open("rb") as reader:
+        shutil.copyfileobj(reader, handle)
 
 
 def first_os_error(error: BaseException) -> OSError | None:

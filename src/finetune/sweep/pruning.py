@@ -1,8 +1,10 @@
 """Pruning in an Optuna search: a job reports each epoch's monitored value to its trial.
 
 When `hydra.sweeper.pruner` is set, the sweeper (hydra_plugins/finetune_optuna_sweeper) puts
-the trial, study and storage in each job's environment through `hydra.job.env_set`; the pruner
-comes from the job's own `hydra.sweeper.pruner`. Outside such a job `report` does nothing.
+the trial and study in each job's environment through `hydra.job.env_set`, and the storage URL
+in its own environment, which jobs inherit (env_set is written to .hydra/hydra.yaml, and a URL
+may hold a password); the pruner comes from the job's own `hydra.sweeper.pruner`. Outside such
+a job `report` does nothing.
 
 Under DDP only rank 0 talks to the storage and every rank gets its decision: ranks that chose
 on their own could disagree (one asks the pruner after another trial reported), and the rank
