@@ -121,6 +121,18 @@ def run_train_in(
     return TrainResult(process.returncode, output, found)
 
 
+def run_script(*args: str, base: Path) -> subprocess.CompletedProcess:
+    """`python ARGS...` from the repo root (eval.py, predict.py, scripts/...), output captured."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env=train_env(base),
+        capture_output=True,
+        text=True,
+        timeout=TRAIN_TIMEOUT_S,
+    )
+
+
 @pytest.fixture
 def run_train(tmp_path: Path) -> Callable[..., TrainResult]:
     """`run_train("model=test_resnet", ...)` -> (returncode, output, run_dir) in tmp_path/run."""

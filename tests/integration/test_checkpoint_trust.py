@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, train_env
+from conftest import REPO_ROOT, run_script, train_env
 
 from finetune.engine.checkpoint import KILL_AT_ENV
 
@@ -90,17 +90,6 @@ def pickle_in_model_kwargs(config: dict, evil: str, copied: str) -> None:
 
 def checkpoint_path_in_model_kwargs(config: dict, evil: str, copied: str) -> None:
     config["model"]["kwargs"]["checkpoint_path"] = evil
-
-
-def run_script(*args: str, base: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO_ROOT,
-        env=train_env(base),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def error_lines(output: str) -> list[str]:

@@ -5,12 +5,10 @@ accuracy: none is checked only against the project's own code."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, error_lines, train_env
+from conftest import error_lines, run_script
 
 TINY = (
     "model=test_resnet",
@@ -28,17 +26,6 @@ def finished_run(tmp_path_factory, train_in):
     result = train_in(base, *TINY)
     assert result.returncode == 0, result.output[-2000:]
     return result.run_dir
-
-
-def run_script(*args: str, base) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO_ROOT,
-        env=train_env(base),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_eval_reproduces_the_test_metrics(finished_run, tmp_path):

@@ -11,12 +11,11 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, TRAIN_TIMEOUT_S, train_env, write_image_tree
+from conftest import REPO_ROOT, run_script, write_image_tree
 from PIL import Image
 
 TINY = (
@@ -50,17 +49,6 @@ def folder_run(tmp_path_factory, train_in, image_root) -> Path:
     result = train_in(tmp_path_factory.mktemp("folder"), *overrides)
     assert result.returncode == 0, result.output[-2000:]
     return result.run_dir
-
-
-def run_script(*args: str, base: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO_ROOT,
-        env=train_env(base),
-        capture_output=True,
-        text=True,
-        timeout=TRAIN_TIMEOUT_S,  # a loaded shared machine: imports alone can take minutes
-    )
 
 
 def read_confusion(path: Path) -> np.ndarray:

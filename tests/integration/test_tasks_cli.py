@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, train_env
+from conftest import REPO_ROOT, run_script, train_env
 
 MULTILABEL = (
     "task=multilabel",
@@ -29,17 +29,6 @@ FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def run_script(base: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO_ROOT,
-        env=train_env(base),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +74,7 @@ def test_multilabel_resumes_bitwise(multilabel_run, run_train):
 
 
 def test_eval_reproduces_the_multilabel_test_metrics(multilabel_run, tmp_path):
-    result = run_script(tmp_path, "eval.py", f"ckpt={multilabel_run}")
+    result = run_script("eval.py", f"ckpt={multilabel_run}", base=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     written = json.loads((multilabel_run / "checkpoints/best.eval-test.json").read_text())
     trained = json.loads((multilabel_run / "summary.json").read_text())["test"]
@@ -94,8 +83,8 @@ def test_eval_reproduces_the_multilabel_test_metrics(multilabel_run, tmp_path):
 
 def test_export_of_a_multilabel_run_matches(multilabel_run, tmp_path):
     out = tmp_path / "x"
-    result = run_script(tmp_path, "scripts/export.py", str(multilabel_run), "--out", str(out),
-                        "--formats", "torchscript")  # fmt: skip
+    result = run_script("scripts/export.py", str(multilabel_run), "--out", str(out),
+                        "--formats", "torchscript", base=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     exported = torch.jit.load(str(out / "model.torchscript.pt"))
     assert exported(torch.rand(2, 3, 16, 16)).shape == (2, 10)
