@@ -113,14 +113,21 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     return results
 
 
-def predict_transform(prep: Preprocessing, kind: str) -> Any:
-    """What turns a PIL image into the model's input, as in training's evaluation."""
+def predict_transform(prep: Preprocessing, kind: str, data_cfg: DictConfig) -> Any:
+    """What turns a PIL image into the model's input, as in training's evaluation.
+
+    The image is decoded as in training too (data/images.py): upright by its EXIF orientation,
+    16-bit scaled, transparency on the run's data.background.
+    """
     from torchvision.transforms import v2
 
+    from finetune.data.images import background_of, to_rgb
     from finetune.data.loaders import transforms_for
 
+    background = background_of(data_cfg, prep.mean)
+    rgb = v2.Lambda(lambda image: to_rgb(image, background))
     eval_tf = transforms_for(kind, prep, augment=False)[1]
     if kind == "pil":
-        return v2.Compose([v2.Lambda(lambda image: image.convert("RGB")), eval_tf])
+        return v2.Compose([rgb, eval_tf])
     to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
-    return v2.Compose([v2.Lambda(lambda image: image.convert("RGB")), to_tensor, eval_tf])
+    return v2.Compose([rgb, to_tensor, eval_tf])

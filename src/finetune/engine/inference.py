@@ -26,4 +26,4 @@ def load_model(path: str) -> LoadedModel:
     state = safe_torch_load(checkpoint_path(str(path)))
     model, prep, cfg = model_from_checkpoint(state)
     kind = "tensor" if cfg.data.name.startswith("digits") else "pil"  # the embedded sets
-    return LoadedModel(model, predict_transform(prep, kind), list(state["classes"]))
+    return LoadedModel(model, predict_transform(prep, kind, cfg.data), list(state["classes"]))
