@@ -56,6 +56,10 @@ class ImageFiles(Dataset):
         self.background: RGB = background_rgb(background, DEFAULT_MEAN)
         self.skipped = torch.zeros(len(samples), dtype=torch.bool).share_memory_()
 
+    def with_samples(self, samples: list[tuple[str, int]]) -> ImageFiles:
+        """Another split of the same folder: the same root and settings, other samples."""
+        return ImageFiles(samples, self.on_bad_image, self.background_choice, self.root)
+
     def use_mean(self, mean: tuple[float, ...]) -> None:
         """The model's input mean, which `data.background=mean` fills transparency with."""
         self.background = background_rgb(self.background_choice, mean)
