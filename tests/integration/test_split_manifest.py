@@ -133,7 +133,7 @@ def test_eval_of_a_checkpoint_out_of_its_run_refuses_changed_data(run_with_added
 
 def test_eval_on_other_data_refuses_swapped_class_names(run_with_added_file, tmp_path):
     run_dir, tree = run_with_added_file
-    other = ("data=image_folder", f"data.root={tree}", "data.image_size=16")
+    other = ("data=image_folder", f"data.root={tree}", "data.image_size=16", "data.num_workers=0")
     result = run_eval(tmp_path, f"ckpt={run_dir}", *other, "data.classes=[b,a,c]")
     assert result.returncode == 2, result.stderr[-3000:]
     errors = one_line_error(result.stdout + result.stderr)

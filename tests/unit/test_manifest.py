@@ -136,3 +136,12 @@ def test_a_damaged_or_foreign_split_json_is_refused(flat_tree: Path) -> None:
             checked_manifest(damaged, manifest["sha256"], Path("run/split.json"))
     with pytest.raises(DataChanged, match="split.json is missing"):
         checked_manifest(None, manifest["sha256"], Path("run/split.json"))
+
+
+def test_multi_label_rows_are_recorded_and_followed() -> None:
+    splits = build_splits(data_cfg("digits_multilabel"), seed=0)
+    manifest = saved(splits)
+    first = manifest["splits"]["train"]["labels"][0]
+    assert isinstance(first, list) and len(first) == len(manifest["classes"])
+    again = build_splits(data_cfg("digits_multilabel"), seed=0, manifest=manifest)
+    assert split_manifest(again) == split_manifest(splits)
