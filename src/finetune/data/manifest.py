@@ -132,14 +132,14 @@ def is_intact(saved: Any) -> bool:
         entries = saved["splits"]
         return (
             set(entries) == set(SPLIT_NAMES)
-            and all(entry["sha256"] == digest(listed(entry)) for entry in entries.values())
+            and all(entry["sha256"] == digest(hashed_part(entry)) for entry in entries.values())
             and manifest_digest(saved["classes"], entries) == saved["sha256"]
         )
     except (KeyError, TypeError, AttributeError):
         return False
 
 
-def listed(entry: dict[str, Any]) -> dict[str, Any]:
+def hashed_part(entry: dict[str, Any]) -> dict[str, Any]:
     """What a split entry's hash is taken over: its members and labels."""
     return {k: v for k, v in entry.items() if k not in ("size", "sha256")}
 
