@@ -80,7 +80,8 @@ def tree_dataset(root: Path, make_image_tree, on_bad_image: str) -> tuple[ImageF
     files = sorted(root.rglob("*.png"))
     broken = files[2]
     broken.write_bytes(broken.read_bytes()[:60])
-    dataset = ImageFiles([(str(f), int(f.parent.name == "b")) for f in files], on_bad_image)
+    labelled = [(str(f), int(f.parent.name == "b")) for f in files]
+    dataset = ImageFiles(labelled, on_bad_image, "white", root)
     dataset.transform = lambda image: torch.zeros(3, 4, 4)
     return dataset, broken
 

@@ -59,6 +59,7 @@ def table_cfg(path, **more):
             "val_fraction": 0.25,
             "test_fraction": 0.0,
             "on_bad_image": "error",
+            "background": "white",
             **more,
         }
     )

@@ -44,4 +44,10 @@ def cifar10_splits(cfg: DictConfig, seed: int) -> Splits:
         images(test_full.data, test_idx, test_labels),
         names,
         "pil",
+        # Indices into CIFAR-10's own train and test sets.
+        indices={
+            "train": train_idx_all[train_idx].tolist(),
+            "val": train_idx_all[val_idx].tolist(),
+            "test": np.asarray(test_idx).tolist(),
+        },
     )

@@ -6,12 +6,15 @@ YAML in conf/data/ naming it; its entry here is the one line that connects them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import DictConfig
 
 from finetune.data.cifar import cifar10_splits
 from finetune.data.digits import digits_splits
 from finetune.data.digits_multilabel import digits_multilabel_splits
 from finetune.data.folders import image_folder_splits
+from finetune.data.manifest import follow_manifest
 from finetune.data.multilabel_table import multilabel_table_splits
 from finetune.data.splits import Splits, check_folds
 from finetune.data.tables import image_table_splits
@@ -27,8 +30,12 @@ BUILDERS = {
 }
 
 
-def build_splits(cfg: DictConfig, seed: int) -> Splits:
-    """Dispatch on `data.name` to the data set's builder; refuse an empty train or val split."""
+def build_splits(cfg: DictConfig, seed: int, manifest: dict[str, Any] | None = None) -> Splits:
+    """Dispatch on `data.name` to the data set's builder; refuse an empty train or val split.
+
+    With `manifest` (a run's split.json, see manifest.py) the splits are the ones it lists,
+    or a clear refusal says what changed.
+    """
     if cfg.name not in BUILDERS:
         raise FinetuneError(f"data.name={cfg.name} is unknown; use one of {sorted(BUILDERS)}")
     check_fractions(cfg)
@@ -39,6 +46,8 @@ def build_splits(cfg: DictConfig, seed: int) -> Splits:
             f"data={cfg.name} left an empty train or val split ({len(splits.train)} train, "
             f"{len(splits.val)} val images); add data or raise data.val_fraction"
         )
+    if manifest is not None:
+        splits = follow_manifest(splits, manifest)
     return splits
 
 

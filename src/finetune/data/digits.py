@@ -28,4 +28,13 @@ def digits_splits(cfg: DictConfig, seed: int) -> Splits:
     def subset(idx: np.ndarray) -> TensorImages:
         return TensorImages(images[idx], labels[idx])
 
-    return Splits(subset(train_idx), subset(val_idx), subset(test_idx), class_names, "tensor")
+    chosen = {"train": train_idx, "val": val_idx, "test": test_idx}
+    return Splits(
+        subset(train_idx),
+        subset(val_idx),
+        subset(test_idx),
+        class_names,
+        "tensor",
+        # Indices into scikit-learn's digits, for the split manifest.
+        indices={name: indices[idx].tolist() for name, idx in chosen.items()},
+    )

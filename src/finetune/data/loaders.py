@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Sampler
 
-from finetune.data.folders import collate_readable
+from finetune.data.folders import ImageFiles, collate_readable
 from finetune.data.splits import Splits
 from finetune.data.tracking import TrackedDataset
 from finetune.engine.distributed import DistInfo
@@ -100,6 +100,9 @@ def build_loaders(
     splits.train.transform = train_tf
     splits.val.transform = eval_tf
     splits.test.transform = eval_tf
+    for dataset in (splits.train, splits.val, splits.test):
+        if isinstance(dataset, ImageFiles):
+            dataset.use_mean(prep.mean)  # data.background=mean: the model's input mean
     if cfg.num_workers > 0:
         quiet_dead_worker_handoffs()
     common: dict[str, Any] = {

@@ -50,7 +50,7 @@ def multilabel_table_splits(cfg: DictConfig, seed: int) -> Splits:
     val, test, train = np.split(order, [n_val, n_val + n_test])
 
     def pick(idx: np.ndarray) -> ImageFiles:
-        return ImageFiles([samples[i] for i in idx], cfg.on_bad_image)
+        return ImageFiles([samples[i] for i in idx], cfg.on_bad_image, cfg.background, root)
 
     test_source = "test" if n_test else "val (data.test_fraction is 0)"
     return Splits(pick(train), pick(val), pick(test if n_test else val), names, "pil", test_source)

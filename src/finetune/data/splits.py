@@ -28,6 +28,9 @@ class Splits:
     class_names: list[str]
     kind: str
     test_source: str = "test"  # which split the test metrics really come from
+    # Each split's sample indices into the data set, for the split manifest (split.json) of
+    # data sets held in memory; image folders are described by their files instead.
+    indices: dict[str, list[int]] | None = None
 
 
 def check_folds(cfg: DictConfig) -> None:

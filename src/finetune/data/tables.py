@@ -78,7 +78,7 @@ def image_table_splits(cfg: DictConfig, seed: int) -> Splits:
         )
 
     def pick(indices: np.ndarray | list[int]) -> ImageFiles:
-        return ImageFiles([samples[i] for i in indices], cfg.on_bad_image)
+        return ImageFiles([samples[i] for i in indices], cfg.on_bad_image, cfg.background, base)
 
     if rows and "split" in rows[0]:
         if cfg.folds is not None:

@@ -58,11 +58,18 @@ class Parts:
 
 
 def build_parts(
-    cfg: DictConfig, device: torch.device, rank: DistInfo, clock: StartupClock | None = None
+    cfg: DictConfig,
+    device: torch.device,
+    rank: DistInfo,
+    clock: StartupClock | None = None,
+    split_manifest: dict[str, Any] | None = None,
 ) -> Parts:
-    """Data, model, freezing, optimizer and scheduler, precision and EMA, in that order."""
+    """Data, model, freezing, optimizer and scheduler, precision and EMA, in that order.
+
+    `split_manifest`: a resumed run's split.json, whose splits the data must be.
+    """
     check_cache_features(cfg)
-    splits = build_splits(cfg.data, cfg.seed)
+    splits = build_splits(cfg.data, cfg.seed, split_manifest)
     task = build_task(cfg, splits.class_names)
     model, model_info = task.build_model(cfg.model)
     check_freeze(cfg.freeze, model_info.pretrained_loaded)

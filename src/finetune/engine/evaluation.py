@@ -16,7 +16,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from finetune.data import Preprocessing, build_loaders, build_splits, resolve_preprocessing
+from finetune.data import (
+    Preprocessing,
+    Splits,
+    build_loaders,
+    build_splits,
+    resolve_preprocessing,
+)
 from finetune.engine.setup import pick_device
 from finetune.models.weights import run_or_file, safe_torch_load
 from finetune.safety.errors import FinetuneError, one_line
@@ -81,7 +87,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     data_cfg = cfg.data if "data" in cfg else run_cfg.data  # an optional group
     if cfg.batch_size is not None:
         data_cfg = OmegaConf.merge(data_cfg, {"batch_size": cfg.batch_size})
-    splits = build_splits(data_cfg, run_cfg.seed)
+    splits = splits_to_evaluate(data_cfg, "data" in cfg, state, path)
     model, prep, _ = model_from_checkpoint(state, str(path), len(splits.class_names))
     device = pick_device(cfg.device)
     loaders = build_loaders(data_cfg, splits, prep, run_cfg.seed, device)
@@ -116,14 +122,59 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     return results
 
 
-def predict_transform(prep: Preprocessing, kind: str) -> Any:
-    """What turns a PIL image into the model's input, as in training's evaluation."""
+def splits_to_evaluate(
+    data_cfg: DictConfig, other_data: bool, state: dict[str, Any], path: Path
+) -> Splits:
+    """The run's own split, as its split.json lists it; or other data (`data=...`).
+
+    Other data may be anything whose class names are the run's, in the run's order. The run's
+    own data is checked against the checkpoint's split hash: through the run's split.json (new
+    files are left out, changed ones refused), or, for a checkpoint taken out of its run
+    directory, by rebuilding the split and comparing the hashes.
+    """
+    from finetune.data.manifest import DataChanged, check_classes, checked_manifest, split_manifest
+    from finetune.engine.rundir import RunPaths, read_split_manifest
+
+    seed, saved_classes = state["config"]["seed"], list(state["classes"])
+    expected = state.get("split_sha256")
+    run = RunPaths(path.parent.parent, state["config"]["checkpoint"]["dirname"])
+    in_run_dir = path.parent == run.checkpoints
+    saved = read_split_manifest(run) if in_run_dir and not other_data else None
+    if saved is not None and expected is not None:
+        manifest = checked_manifest(saved, expected, run.split_manifest)
+        return build_splits(data_cfg, seed, manifest)
+    splits = build_splits(data_cfg, seed)
+    fix = (
+        f"pass data.classes={saved_classes} to choose and order them, or evaluate on data "
+        "with the run's classes"
+        if other_data
+        else "restore the run's data, or pass data=... to evaluate on other data"
+    )
+    check_classes(saved_classes, splits.class_names, fix)
+    if not other_data and expected is not None and split_manifest(splits)["sha256"] != expected:
+        raise DataChanged(
+            f"the run's data changed since training (its split no longer matches the "
+            f"checkpoint's hash) and there is no split.json beside {path} to follow; "
+            "evaluate from the run directory, restore the data, or pass data=... explicitly"
+        )
+    return splits
+
+
+def predict_transform(prep: Preprocessing, kind: str, data_cfg: DictConfig) -> Any:
+    """What turns a PIL image into the model's input, as in training's evaluation.
+
+    The image is decoded as in training too (data/images.py): upright by its EXIF orientation,
+    16-bit scaled, transparency on the run's data.background.
+    """
     from torchvision.transforms import v2
 
+    from finetune.data.images import background_of, to_rgb
     from finetune.data.loaders import transforms_for
 
+    background = background_of(data_cfg, prep.mean)
+    rgb = v2.Lambda(lambda image: to_rgb(image, background))
     eval_tf = transforms_for(kind, prep, augment=False)[1]
     if kind == "pil":
-        return v2.Compose([v2.Lambda(lambda image: image.convert("RGB")), eval_tf])
+        return v2.Compose([rgb, eval_tf])
     to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
-    return v2.Compose([v2.Lambda(lambda image: image.convert("RGB")), to_tensor, eval_tf])
+    return v2.Compose([rgb, to_tensor, eval_tf])

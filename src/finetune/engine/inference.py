@@ -27,4 +27,4 @@ def load_model(path: str) -> LoadedModel:
     state = safe_torch_load(checkpoint)
     model, prep, cfg = model_from_checkpoint(state, str(checkpoint))
     kind = "tensor" if cfg.data.name.startswith("digits") else "pil"  # the embedded sets
-    return LoadedModel(model, predict_transform(prep, kind), list(state["classes"]))
+    return LoadedModel(model, predict_transform(prep, kind, cfg.data), list(state["classes"]))

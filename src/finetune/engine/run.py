@@ -49,7 +49,7 @@ from finetune.engine.records import (
 )
 from finetune.engine.report import report_at_end_of_run
 from finetune.engine.resume import load_resume_state, trim_metrics_csv
-from finetune.engine.rundir import RunPaths
+from finetune.engine.rundir import RunPaths, checkpoint_split_manifest, record_split_manifest
 from finetune.engine.setup import pick_device, seed_everything
 from finetune.engine.startup import StartupClock
 from finetune.engine.state import restore, state_of
@@ -82,6 +82,7 @@ class Run:
     stop: StopRequest
     stopper: EarlyStopping  # trainer.patience
     lr_found: RangeTest | None  # optimizer.lr=find: the range test that chose the LR
+    split_sha256: str  # the data behind the run: its split.json's hash, in every checkpoint
 
 
 def run(cfg: DictConfig) -> float:
@@ -139,7 +140,9 @@ def setup(
     seed_everything(cfg.seed)
     torch.autograd.set_detect_anomaly(cfg.trainer.detect_anomaly)  # the op that made a NaN
     found = resolve_lr(cfg, device, rank)  # optimizer.lr=find: the range test's suggestion
-    parts = build_parts(cfg, device, rank, clock)
+    saved_split = checkpoint_split_manifest(paths, resumed) if resumed is not None else None
+    parts = build_parts(cfg, device, rank, clock, saved_split)
+    split_sha256 = record_split_manifest(paths, parts.splits, saved_split is None and rank.is_main)
     checkpoint = cfg.checkpoint
     checkpointer = Checkpointer(
         paths.checkpoints,
@@ -172,6 +175,7 @@ def setup(
         stop,
         early_stopping(cfg.trainer, cfg.mode),
         found,
+        split_sha256,
     )
     checkpointer.metadata = checkpoint_metadata(run)  # a resume may rewrite model.safetensors
     if resumed is not None:

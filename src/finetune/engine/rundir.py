@@ -15,12 +15,15 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.safety.atomic import write_text
+
+if TYPE_CHECKING:
+    from finetune.data.splits import Splits
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,11 @@ class RunPaths:
     @property
     def lock(self) -> Path:
         return self.root / "run.lock"
+
+    @property
+    def split_manifest(self) -> Path:
+        """split.json: what each split holds (data/manifest.py), checked on resume and eval."""
+        return self.root / "split.json"
 
     @property
     def checkpoints(self) -> Path:
@@ -128,3 +136,39 @@ def write_summary(paths: RunPaths, summary: dict[str, Any]) -> None:
 
 def read_summary(paths: RunPaths) -> dict[str, Any] | None:
     return json.loads(paths.summary.read_text()) if paths.summary.is_file() else None
+
+
+def record_split_manifest(paths: RunPaths, splits: Splits, write: bool) -> str:
+    """The hash of the run's split, for its checkpoints; `write`: split.json too (a new run)."""
+    from finetune.data.manifest import split_manifest
+
+    manifest = split_manifest(splits)
+    if write:
+        write_text(paths.split_manifest, json.dumps(manifest, indent=1) + "\n")
+    return manifest["sha256"]
+
+
+def read_split_manifest(paths: RunPaths) -> dict[str, Any] | None:
+    """The run's split.json as plain data; None where there is none, {} where it is not JSON."""
+    if not paths.split_manifest.is_file():
+        return None
+    try:
+        return json.loads(paths.split_manifest.read_text())
+    except (OSError, ValueError):
+        return {}  # damaged: checked_manifest says so
+
+
+def checkpoint_split_manifest(paths: RunPaths, state: dict[str, Any]) -> dict[str, Any] | None:
+    """The split.json of the run that saved `state`, checked against the checkpoint's hash.
+
+    None for a checkpoint from before split manifests: its split is rebuilt unchecked.
+    """
+    from finetune.data.manifest import checked_manifest
+
+    if state.get("split_sha256") is None:
+        log.warning(
+            "the checkpoint predates split manifests: its data split is rebuilt from the "
+            "config without a check that it is the one it was trained on"
+        )
+        return None
+    return checked_manifest(read_split_manifest(paths), state["split_sha256"], paths.split_manifest)

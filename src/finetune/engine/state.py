@@ -43,6 +43,7 @@ def state_of(run: Run, loss: float, metrics: dict[str, float]) -> dict[str, Any]
         "rng": rng_state(),
         "metrics": metrics,
         "classes": run.parts.task.class_names,
+        "split_sha256": run.split_sha256,  # the data behind it: split.json's hash
         "freeze": {"policy": run.cfg.freeze.policy, "frozen_stages": run.parts.freezer.frozen},
         "config": OmegaConf.to_container(run.cfg, resolve=True),
         "wandb_run_id": run.loggers.wandb_run_id,
