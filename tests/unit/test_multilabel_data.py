@@ -18,6 +18,8 @@ DIGITS = {
     "test_fraction": 0.15,
     "canvases_per_digit": 1.0,
     "max_digits": 3,
+    "folds": None,
+    "fold": 0,
 }
 
 
@@ -60,6 +62,8 @@ def table_cfg(path, **more):
             "test_fraction": 0.0,
             "on_bad_image": "error",
             "background": "white",
+            "folds": None,
+            "fold": 0,
             **more,
         }
     )
@@ -84,3 +88,15 @@ def test_a_missing_column_names_the_columns_there_are(tmp_path):
         FinetuneError, match=r"no column file, labels; its columns are \['path', 'tags'\]"
     ):
         build_splits(table_cfg(table), seed=0)
+
+
+def test_folds_are_refused_on_multi_label_sets(tmp_path):
+    table = write_table(tmp_path, ["file,labels", "a.png,cat", "b.png,dog"])
+    with pytest.raises(
+        FinetuneError, match="data.folds=3 is not supported by data=multilabel_table"
+    ):
+        build_splits(table_cfg(table, folds=3), seed=0)
+    with pytest.raises(
+        FinetuneError, match="data.folds=3 is not supported by data=digits_multilabel"
+    ):
+        build_splits(OmegaConf.create({**DIGITS, "folds": 3}), seed=0)

@@ -20,6 +20,11 @@ SLOTS = ((0, 0), (0, 8), (8, 0), (8, 8))  # top-left corners of the four 8x8 slo
 
 
 def digits_multilabel_splits(cfg: DictConfig, seed: int) -> Splits:
+    if cfg.folds is not None:
+        raise FinetuneError(
+            f"data.folds={cfg.folds} is not supported by data=digits_multilabel (folds are "
+            "stratified by one class, which a multi-label set does not have); leave it null"
+        )
     from sklearn.datasets import load_digits
 
     if cfg.classes is not None:

@@ -27,6 +27,11 @@ LABEL_SEPARATORS = re.compile(r"[ |]+")
 
 
 def multilabel_table_splits(cfg: DictConfig, seed: int) -> Splits:
+    if cfg.folds is not None:
+        raise FinetuneError(
+            f"data.folds={cfg.folds} is not supported by data=multilabel_table (folds are "
+            "stratified by one class, which a multi-label set does not have); leave it null"
+        )
     path = Path(str(cfg.path)).expanduser() if cfg.path else None
     if path is None or not path.is_file():
         raise FinetuneError(
