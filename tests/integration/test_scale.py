@@ -169,3 +169,46 @@ def test_a_ddp_run_resumes_under_torchrun(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_done"] == 2
     assert len((run_dir / "metrics.csv").read_text().strip().splitlines()) == 3
+
+
+def checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+
+
+@pytest.mark.slow
+def test_a_ddp_resume_past_the_thaw_syncs_the_backbone_and_ends_as_the_straight_run(tmp_path):
+    """freeze=gradual with an EMA under DDP: a run resumed after the backbone thawed must
+    re-wrap DDP over the thawed backbone (or each rank trains its own) and give the EMA the
+    thawed structure; it then ends bitwise where the uninterrupted run ends."""
+    gradual = (
+        *TINY,
+        "freeze=gradual",
+        "freeze.unfreeze_at_epoch=2",
+        "freeze.allow_random_backbone=true",
+        "trainer.ema_decay=0.9",
+        "scheduler=none",  # extending the run then changes no schedule
+    )
+    straight = torchrun(tmp_path, *gradual, "trainer.epochs=3", f"hydra.run.dir={tmp_path / 's'}")
+    assert straight.returncode == 0, straight.stdout[-2000:] + straight.stderr[-2000:]
+    run_dir = tmp_path / "run"
+    first = torchrun(tmp_path, *gradual, "trainer.epochs=2", f"hydra.run.dir={run_dir}")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    resumed = torchrun(tmp_path, f"resume={run_dir}", "trainer.epochs=3")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+
+    ours, reference = checkpoint(run_dir), checkpoint(tmp_path / "s")
+    assert ours["ema_state_dict"].keys() == ours["model_state_dict"].keys()
+    for key in ("model_state_dict", "ema_state_dict"):
+        different = [k for k in ours[key] if not torch.equal(ours[key][k], reference[key][k])]
+        assert not different, f"{key} differs from the straight run: {different[:5]}"
+    moments = [
+        (a[name], b[name])
+        for a, b in zip(
+            ours["optimizer_state_dict"]["state"].values(),
+            reference["optimizer_state_dict"]["state"].values(),
+            strict=True,
+        )
+        for name in a
+    ]
+    assert all(torch.equal(x, y) for x, y in moments), "optimizer state differs"
+    assert ours["scheduler"] == reference["scheduler"]

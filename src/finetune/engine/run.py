@@ -33,7 +33,6 @@ from finetune.engine.distributed import (
     rank_device,
 )
 from finetune.engine.loop import LoopState, evaluate, train_one_epoch
-from finetune.engine.optim import add_param_groups
 from finetune.engine.records import (
     checkpoint_metadata,
     describe,
@@ -183,10 +182,7 @@ def run_epoch(run: Run) -> None:
     """Train one epoch, validate, write its row, save its checkpoint, record its pictures."""
     cfg, parts, loop = run.cfg, run.parts, run.loop
     epoch, epoch_start = loop.epoch + 1, time.time()
-    thawed = parts.freezer.apply(epoch)  # gradual: the backbone joins the optimizer
-    if thawed:
-        stepper = parts.stepper
-        add_param_groups(stepper.optimizer, stepper.scheduler, parts.trainable_groups(thawed))
+    if parts.thaw(epoch):  # gradual: the backbone joins the optimizer, the EMA and DDP
         run.net = parts.wrap(parts.trained)
     train_loss, images_per_s = train_one_epoch(
         run.net,
@@ -234,7 +230,10 @@ def validate(run: Run, samples: Predictions | None) -> dict[str, float]:
         stepper.dtype,
     )
     if stepper.ema is not None:
-        ema = stepper.ema.module if run.net is parts.model else stepper.ema.module.get_classifier()
+        # The EMA of the whole model, or of the head alone when it trains on cached features
+        # (under DDP, run.net is a wrapper, never the model itself).
+        on_features = parts.trained is not parts.model
+        ema = stepper.ema.module.get_classifier() if on_features else stepper.ema.module
         ema_val = evaluate(
             ema, loader, parts.task, run.metrics, stepper.device, "val", limit, None, stepper.dtype
         )
