@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Sampler
 
 from finetune.data.folders import collate_readable
+from finetune.data.seeding import SampleKey, SeededSamples, sample_seed
 from finetune.data.splits import Splits
 from finetune.data.tracking import TrackedDataset
 from finetune.engine.distributed import DistInfo
@@ -95,7 +96,8 @@ def build_loaders(
     device: torch.device,
     rank: DistInfo = SINGLE_PROCESS,
 ) -> dict[str, DataLoader]:
-    """Seeded loaders: the training order depends on `seed` alone, workers included."""
+    """Seeded loaders: training order and augmentation depend on (seed, epoch) alone, workers
+    included (data/seeding.py)."""
     train_tf, eval_tf = transforms_for(splits.kind, prep, cfg.augment)
     splits.train.transform = train_tf
     splits.val.transform = eval_tf
@@ -113,7 +115,7 @@ def build_loaders(
     # A last batch of one sample breaks BatchNorm in training; drop only that one.
     drop_last = len(splits.train) % cfg.batch_size == 1
     generator = torch.Generator()
-    sampler = EpochSampler(len(splits.train), seed, generator, rank)
+    sampler = SeededEpochSampler(len(splits.train), seed, generator, rank)
 
     def tracked(name: str) -> TrackedDataset:
         """The split, with what each worker is loading noted, to name it if the worker dies."""
@@ -121,11 +123,29 @@ def build_loaders(
 
     return {
         "train": DataLoader(
-            tracked("train"), sampler=sampler, drop_last=drop_last, generator=generator, **common
+            SeededSamples(tracked("train")),
+            sampler=sampler,
+            drop_last=drop_last,
+            generator=generator,
+            **common,
         ),
-        "val": DataLoader(tracked("val"), sampler=Shard(len(splits.val), rank), **common),
-        "test": DataLoader(tracked("test"), sampler=Shard(len(splits.test), rank), **common),
+        "val": DataLoader(
+            tracked("val"), sampler=Shard(len(splits.val), rank), generator=own(seed), **common
+        ),
+        "test": DataLoader(
+            tracked("test"), sampler=Shard(len(splits.test), rank), generator=own(seed), **common
+        ),
     }
+
+
+def own(seed: int) -> torch.Generator:
+    """A generator for an evaluation loader's worker seeds.
+
+    Without one, a loader draws its workers' base seed from the global RNG whenever it starts
+    them: persistent workers start at the first evaluation, which a resumed run reaches at
+    another point of the stream than the run it continues (dropout would then differ).
+    """
+    return torch.Generator().manual_seed(seed)
 
 
 class EpochSampler(Sampler[int]):
@@ -170,6 +190,18 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.size - self.skip
+
+
+class SeededEpochSampler(EpochSampler):
+    """EpochSampler's order, each index with its sample's seed (data/seeding.py).
+
+    Augmentation then depends on (seed, epoch, index) alone, so a resumed run, with loader
+    workers or without, augments each sample as the uninterrupted run did.
+    """
+
+    def __iter__(self):  # noqa: ANN204 (an iterator of SampleKeys)
+        for index in super().__iter__():
+            yield SampleKey(index, sample_seed(self.seed, self.epoch, index))
 
 
 class Shard(Sampler[int]):
