@@ -44,7 +44,7 @@ from finetune.engine.records import (
     record_start,
     start_summary,
 )
-from finetune.engine.resume import load_resume_state, trim_metrics_csv
+from finetune.engine.resume import load_resume_state, trim_metrics_csv, warn_if_schedule_jumps
 from finetune.engine.rundir import RunPaths
 from finetune.engine.setup import pick_device, seed_everything
 from finetune.engine.startup import StartupClock
@@ -159,6 +159,7 @@ def setup(
     )
     if resumed is not None:
         restore(resumed, run)
+        warn_if_schedule_jumps(parts.stepper.scheduler, resumed, cfg.trainer.epochs)
         trim_metrics_csv(paths.metrics_csv, run.loop.epoch)
         summary["wall_time_s_before"] = summary.get("wall_time_s", 0)
         log.info("Resumed at epoch %d, step %d", run.loop.epoch, run.loop.global_step)
