@@ -125,3 +125,18 @@ def test_rng_state_round_trips_through_weights_only(tmp_path: Path) -> None:
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_a_nan_monitor_is_never_best_and_a_later_number_wins(tmp_path: Path, mode: str) -> None:
+    model = torch.nn.Linear(3, 2)
+    checkpointer = Checkpointer(tmp_path, "val/loss", mode, save_top_k=2, save_safetensors=False)
+    for epoch, loss in enumerate([float("nan"), 0.7, float("nan")], start=1):
+        checkpointer.save(fake_epoch(model, epoch), model, {"val/loss": loss}, {})
+    assert (checkpointer.best["epoch"], checkpointer.best["score"]) == (2, 0.7)
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
+    assert [score for score, _ in checkpointer.top_k.entries] == [0.7]
+    # A NaN best recorded by an older checkpoint gives way to the next number too.
+    checkpointer.best = {"score": float("nan"), "epoch": 1, "path": str(tmp_path / "best.pt")}
+    checkpointer.save(fake_epoch(model, 4), model, {"val/loss": 0.9}, {})
+    assert checkpointer.best["epoch"] == 4

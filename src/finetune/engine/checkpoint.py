@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -112,6 +113,8 @@ class TopK:
         return a > b if self.mode == "max" else a < b
 
     def admits(self, score: float) -> bool:
+        if math.isnan(score):  # no rank among numbers: never kept
+            return False
         return self.k > 0 and (
             len(self.entries) < self.k or self.better(score, self.entries[-1][0])
         )
@@ -177,7 +180,12 @@ class Checkpointer:
         self.failed_saves = 0  # saves skipped under on_error=warn, for summary.json
 
     def improved(self, score: float) -> bool:
-        return self.best["score"] is None or self.top_k.better(score, self.best["score"])
+        """A NaN is never best, and never blocks a later number (every comparison with NaN is
+        False, so a NaN best, as older checkpoints may hold, would stay best for ever)."""
+        if math.isnan(score):
+            return False
+        best = self.best["score"]
+        return best is None or math.isnan(best) or self.top_k.better(score, best)
 
     def save(
         self,
