@@ -193,7 +193,7 @@ class EpochSampler(Sampler[int]):
 
 
 class SeededEpochSampler(EpochSampler):
-    """EpochSampler's order, each index with its sample's seed (data/seeding.py).
+    """EpochSampler's order, each index with a seed from (seed, epoch, index) (data/seeding.py).
 
     Augmentation then depends on (seed, epoch, index) alone, so a resumed run, with loader
     workers or without, augments each sample as the uninterrupted run did.
