@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_train_in
+from conftest import RESUME_STATE_KEYS, run_train_in, state_differences
 
 # 4 steps an epoch; workers and augmentation (digits' default) on; the backbone thaws at
 # epoch 2, so the interrupted step lies after the thaw; the cosine schedule is mid-way.
@@ -34,38 +34,10 @@ RUN = (
     "logger=csv",
 )
 INTERRUPT_AT_STEP = 6  # mid-way through epoch 2
-# What the next step depends on; `loop` and `rng` say where and with which random streams.
-STATE_KEYS = (
-    "model_state_dict",
-    "optimizer_state_dict",
-    "scheduler",
-    "ema_state_dict",
-    "loop",
-    "rng",
-    "epoch",
-    "global_step",
-)
 
 
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def differences(a: object, b: object, where: str = "") -> list[str]:
-    """Where two checkpoint values differ: tensors bitwise, containers item by item."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
-        return [] if same else [where]
-    if isinstance(a, dict) and isinstance(b, dict):
-        if a.keys() != b.keys():
-            return [f"{where} keys"]
-        return [d for k in a for d in differences(a[k], b[k], f"{where}.{k}")]
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        if len(a) != len(b):
-            return [f"{where} length"]
-        pairs = enumerate(zip(a, b, strict=True))
-        return [d for i, (x, y) in pairs for d in differences(x, y, f"{where}[{i}]")]
-    return [] if a == b else [where]
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +65,8 @@ def test_ctrl_c_mid_epoch_then_resume_ends_bitwise_as_the_straight_run(
     ours = load(interrupted.run_dir / "checkpoints/last.pt")
     reference = load(straight_run / "checkpoints/last.pt")
     assert ours["ema_state_dict"].keys() == ours["model_state_dict"].keys()
-    found = [d for key in STATE_KEYS for d in differences(ours[key], reference[key], key)]
+    found = [
+        d for key in RESUME_STATE_KEYS for d in state_differences(ours[key], reference[key], key)
+    ]
     assert not found, f"the resumed run differs from the straight one in {found[:8]}"
     assert "SIGNAL_AT_STEP" not in "".join(os.environ)
