@@ -140,3 +140,14 @@ def test_a_nan_monitor_is_never_best_and_a_later_number_wins(tmp_path: Path, mod
     checkpointer.best = {"score": float("nan"), "epoch": 1, "path": str(tmp_path / "best.pt")}
     checkpointer.save(fake_epoch(model, 4), model, {"val/loss": 0.9}, {})
     assert checkpointer.best["epoch"] == 4
+
+
+def test_a_run_whose_monitor_was_always_nan_tests_last_pt(tmp_path: Path) -> None:
+    from finetune.engine.run import tested_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    checkpointer = Checkpointer(tmp_path, "val/loss", "min", save_top_k=1, save_safetensors=False)
+    for epoch in (1, 2):
+        checkpointer.save(fake_epoch(model, epoch), model, {"val/loss": float("nan")}, {})
+    assert checkpointer.best["path"] is None  # not "no checkpoint could be saved"
+    assert tested_checkpoint(checkpointer, "val/loss") == str(tmp_path / "last.pt")

@@ -13,6 +13,7 @@ torchrun every rank runs this; only rank 0 writes files.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,7 +273,9 @@ def save_mid_epoch(run: Run, loss: float) -> None:
 def test(run: Run) -> float:
     """The best checkpoint's weights on the test split; returns the best monitored value."""
     cfg, parts, loggers = run.cfg, run.parts, run.loggers
-    best_path = broadcast_from_main(run.checkpointer.best["path"])
+    best_path = broadcast_from_main(
+        tested_checkpoint(run.checkpointer, cfg.monitor) if run.rank.is_main else None
+    )
     if best_path is None:  # every save failed, under checkpoint.on_error=warn
         raise WriteFailed("no checkpoint could be saved in this run; free disk space, run again")
     load_exact(parts.model, safe_torch_load(Path(best_path))["model_state_dict"], best_path)
@@ -289,7 +292,8 @@ def test(run: Run) -> float:
         stepper.dtype,
     )
     loggers.log_metrics(test_metrics, run.loop.global_step)
-    best_score = float(broadcast_from_main(run.checkpointer.best["score"]))
+    score = run.checkpointer.best["score"]  # None when the monitor was NaN at every epoch
+    best_score = float(broadcast_from_main(math.nan if score is None else score))
     final = {k: v for k, v in run.summary["final"].items() if k.startswith(("train/", "val/"))}
     hparam_metrics = {**final, f"best/{cfg.monitor}": best_score, **test_metrics}
     loggers.log_hparams(flat_hparams(cfg), hparam_metrics)
@@ -302,3 +306,15 @@ def test(run: Run) -> float:
     )
     run.summary.update(faults_so_far(run))
     return best_score
+
+
+def tested_checkpoint(checkpointer: Checkpointer, monitor: str) -> str | None:
+    """best.pt; last.pt when the monitor was NaN at every epoch (a NaN is never best); None
+    when no save succeeded (checkpoint.on_error=warn)."""
+    if checkpointer.best["path"] is not None or checkpointer.failed_saves:
+        return checkpointer.best["path"]
+    last = checkpointer.directory / "last.pt"
+    if not last.is_file():
+        return None
+    log.warning("%s was NaN at every epoch, so no checkpoint is best: testing last.pt", monitor)
+    return str(last)
