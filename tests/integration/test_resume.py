@@ -177,7 +177,10 @@ class Evil:
 
 def test_a_checkpoint_with_pickled_code_is_refused(run_train, tmp_path):
     marker = tmp_path / "pwned"
-    evil = tmp_path / "evil.pt"
+    # In a run directory's checkpoints/, where resume= takes a checkpoint from.
+    evil = tmp_path / "evil_run" / "checkpoints" / "last.pt"
+    (tmp_path / "evil_run" / ".hydra").mkdir(parents=True)
+    evil.parent.mkdir()
     torch.save({"model_state_dict": Evil(marker)}, evil)
     for override in (f"model.pretrained={evil}", f"resume={evil}"):
         result = run_train(*TINY, override, run_dir=tmp_path / f"run{len(override)}")

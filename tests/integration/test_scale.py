@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TRAIN_TIMEOUT_S, train_env
+from conftest import REPO_ROOT, RESUME_STATE_KEYS, TRAIN_TIMEOUT_S, state_differences, train_env
 
 TINY = (
     "model=test_resnet",
@@ -169,3 +169,42 @@ def test_a_ddp_run_resumes_under_torchrun(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_done"] == 2
     assert len((run_dir / "metrics.csv").read_text().strip().splitlines()) == 3
+
+
+def checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_ddp_after_the_thaw_resumes_to_the_straight_runs_end(tmp_path, monkeypatch):
+    """freeze=gradual, EMA, a loader worker per rank and augmentation, under DDP, stopped by
+    Ctrl-C after the backbone thawed: the resumed run must re-wrap DDP over the thawed backbone
+    (or each rank trains its own and they drift apart) and give the EMA the thawed structure;
+    it then ends bitwise where the uninterrupted run ends."""
+    gradual = (
+        *TINY,
+        "freeze=gradual",
+        "freeze.unfreeze_at_epoch=2",
+        "freeze.allow_random_backbone=true",
+        "trainer.ema_decay=0.9",
+        "data.num_workers=1",
+        "trainer.log_every_n_steps=2",  # ranks agree to stop on log steps
+        "trainer.epochs=3",
+    )
+    straight = torchrun(tmp_path, *gradual, f"hydra.run.dir={tmp_path / 's'}")
+    assert straight.returncode == 0, straight.stdout[-2000:] + straight.stderr[-2000:]
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("FINETUNE_SIGNAL_AT_STEP", "SIGINT:6")  # 4 steps an epoch: in epoch 2
+    first = torchrun(tmp_path, *gradual, f"hydra.run.dir={run_dir}")
+    assert "interrupted" in (run_dir / "summary.json").read_text(), first.stderr[-2000:]
+    assert checkpoint(run_dir)["global_step"] == 6
+    monkeypatch.delenv("FINETUNE_SIGNAL_AT_STEP")
+    resumed = torchrun(tmp_path, f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+
+    ours, reference = checkpoint(run_dir), checkpoint(tmp_path / "s")
+    assert ours["ema_state_dict"].keys() == ours["model_state_dict"].keys()
+    found = [
+        d for key in RESUME_STATE_KEYS for d in state_differences(ours[key], reference[key], key)
+    ]
+    assert not found, f"the resumed run differs from the straight one in {found[:8]}"

@@ -168,3 +168,29 @@ def test_a_tampered_top_k_path_never_deletes_outside_the_folder(tmp_path: Path) 
         "epoch=002-val_acc=0.5000.pt",
     ]
     assert last["best"]["path"] == "best.pt"
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_a_nan_monitor_is_never_best_and_a_later_number_wins(tmp_path: Path, mode: str) -> None:
+    model = torch.nn.Linear(3, 2)
+    checkpointer = Checkpointer(tmp_path, "val/loss", mode, save_top_k=2, save_safetensors=False)
+    for epoch, loss in enumerate([float("nan"), 0.7, float("nan")], start=1):
+        checkpointer.save(fake_epoch(model, epoch), model, {"val/loss": loss}, {})
+    assert (checkpointer.best["epoch"], checkpointer.best["score"]) == (2, 0.7)
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
+    assert [score for score, _ in checkpointer.top_k.entries] == [0.7]
+    # A NaN best recorded by an older checkpoint gives way to the next number too.
+    checkpointer.best = {"score": float("nan"), "epoch": 1, "path": "best.pt"}
+    checkpointer.save(fake_epoch(model, 4), model, {"val/loss": 0.9}, {})
+    assert checkpointer.best["epoch"] == 4
+
+
+def test_a_run_whose_monitor_was_always_nan_tests_last_pt(tmp_path: Path) -> None:
+    from finetune.engine.run import tested_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    checkpointer = Checkpointer(tmp_path, "val/loss", "min", save_top_k=1, save_safetensors=False)
+    for epoch in (1, 2):
+        checkpointer.save(fake_epoch(model, epoch), model, {"val/loss": float("nan")}, {})
+    assert checkpointer.best["path"] is None  # not "no checkpoint could be saved"
+    assert tested_checkpoint(checkpointer, "val/loss") == str(tmp_path / "last.pt")

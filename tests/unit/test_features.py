@@ -82,3 +82,29 @@ def test_cache_needs_a_frozen_backbone_and_no_augmentation(tmp_path):
     cfg.data.augment = True
     with pytest.raises(FinetuneError, match="data.augment=false"):
         check_cache_features(cfg)
+
+
+def test_the_cache_key_follows_the_content_of_the_files(tmp_path):
+    from conftest import write_image_tree
+    from PIL import Image
+
+    from finetune.data.folders import ImageFiles
+    from finetune.models.features import cache_key
+
+    root = write_image_tree(tmp_path / "images", {"": 2}, ("a", "b"))
+    files = sorted(str(p) for p in root.rglob("*.png"))
+    dataset = ImageFiles([(path, i % 2) for i, path in enumerate(files)], "error")
+    model = timm.create_model("test_resnet", num_classes=2)
+    cfg, prep = config(tmp_path), {"image_size": 16}
+
+    def key() -> str:
+        return cache_key(model, cfg, prep, [dataset, dataset, dataset])
+
+    before = key()
+    assert key() == before  # the same files: the same entry
+    Image.new("RGB", (16, 16), "white").save(files[0])  # same name, new content
+    changed = key()
+    assert changed != before
+    in_memory = TensorDataset(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]))
+    edited = TensorDataset(torch.ones(2, 3, 4, 4), torch.tensor([0, 1]))
+    assert cache_key(model, cfg, prep, [in_memory] * 3) != cache_key(model, cfg, prep, [edited] * 3)

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from finetune.data.loaders import EpochSampler
+from finetune.data.samplers import EpochSampler
 from finetune.engine.loop import Stepper
 from finetune.engine.lr_finder import RangeTest, check_lr_find, plot, suggest, sweep_lr
 from finetune.safety.errors import FinetuneError

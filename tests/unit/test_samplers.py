@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from finetune.data.class_counts import class_counts, report_class_counts
-from finetune.data.loaders import SINGLE_PROCESS, EpochSampler
-from finetune.data.samplers import WeightedEpochSampler, train_sampler
+from finetune.data.samplers import (
+    SINGLE_PROCESS,
+    EpochSampler,
+    WeightedEpochSampler,
+    train_sampler,
+)
 from finetune.data.splits import labels_of
 from finetune.data.tensors import TensorImages
 from finetune.engine.distributed import DistInfo

@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from finetune.data.folders import ImageFiles, collate_readable
+from finetune.data.samplers import SINGLE_PROCESS, Shard, train_sampler
+from finetune.data.seeding import SeededSamples
 from finetune.data.splits import Splits
 from finetune.data.tracking import TrackedDataset
 from finetune.engine.distributed import DistInfo
-
-SINGLE_PROCESS = DistInfo()
 
 
 @dataclass
@@ -95,7 +95,8 @@ def build_loaders(
     device: torch.device,
     rank: DistInfo = SINGLE_PROCESS,
 ) -> dict[str, DataLoader]:
-    """Seeded loaders: the training order depends on `seed` alone, workers included."""
+    """Seeded loaders: training order and augmentation depend on (seed, epoch) alone, workers
+    included (data/seeding.py)."""
     train_tf, eval_tf = transforms_for(splits.kind, prep, cfg.augment)
     splits.train.transform = train_tf
     splits.val.transform = eval_tf
@@ -115,10 +116,8 @@ def build_loaders(
     }
     # A last batch of one sample breaks BatchNorm in training; drop only that one.
     drop_last = len(splits.train) % cfg.batch_size == 1
-    from finetune.data.samplers import train_sampler  # it builds on EpochSampler, below
-
     generator = torch.Generator()
-    sampler = train_sampler(cfg.sampler, splits.train, seed, generator, rank)
+    sampler = train_sampler(cfg.sampler, splits.train, seed, generator, rank, seeded=True)
 
     def tracked(name: str) -> TrackedDataset:
         """The split, with what each worker is loading noted, to name it if the worker dies."""
@@ -126,72 +125,29 @@ def build_loaders(
 
     return {
         "train": DataLoader(
-            tracked("train"), sampler=sampler, drop_last=drop_last, generator=generator, **common
+            SeededSamples(tracked("train")),
+            sampler=sampler,
+            drop_last=drop_last,
+            generator=generator,
+            **common,
         ),
-        "val": DataLoader(tracked("val"), sampler=Shard(len(splits.val), rank), **common),
-        "test": DataLoader(tracked("test"), sampler=Shard(len(splits.test), rank), **common),
+        "val": DataLoader(
+            tracked("val"), sampler=Shard(len(splits.val), rank), generator=own(seed), **common
+        ),
+        "test": DataLoader(
+            tracked("test"), sampler=Shard(len(splits.test), rank), generator=own(seed), **common
+        ),
     }
 
 
-class EpochSampler(Sampler[int]):
-    """A shuffle that is a function of (seed, epoch) alone, and can start mid-epoch.
+def own(seed: int) -> torch.Generator:
+    """A generator for an evaluation loader's worker seeds.
 
-    Like DistributedSampler's set_epoch: no generator state to carry, so a resumed run draws
-    the same order, and a step checkpoint skips the batches already done without loading them.
+    Without one, a loader draws its workers' base seed from the global RNG whenever it starts
+    them: persistent workers start at the first evaluation, which a resumed run reaches at
+    another point of the stream than the run it continues (dropout would then differ).
     """
-
-    def __init__(
-        self,
-        size: int,
-        seed: int,
-        loader_generator: torch.Generator,
-        rank: DistInfo = SINGLE_PROCESS,
-    ) -> None:
-        # Under DDP each rank takes every world_size-th index of the shared permutation, the
-        # tail cut so that all ranks take the same number of steps.
-        self.rank, self.world_size = rank.rank, rank.world_size
-        self.total, self.size, self.seed = size, size // rank.world_size, seed
-        self.epoch, self.skip = 0, 0
-        self.loader_generator = loader_generator
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0, batch_size: int = 1) -> None:
-        """Start `epoch`, skipping `skip_batches` batches already trained on.
-
-        The loader's own generator (which seeds its workers) is reseeded too: drawn from the
-        global RNG instead, a mid-epoch resume would shift the augmentation's random stream.
-        """
-        self.epoch, self.skip = epoch, skip_batches * batch_size
-        self.loader_generator.manual_seed(self.seed + epoch)
-
-    def full_batches(self, loader: DataLoader) -> int:
-        """Batches in a whole epoch, whatever the current skip."""
-        whole, rest = divmod(self.size, loader.batch_size)
-        return whole + (0 if loader.drop_last or rest == 0 else 1)
-
-    def __iter__(self):  # noqa: ANN204 (an iterator of indices)
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.total, generator=generator)[: self.size * self.world_size]
-        yield from order[self.rank :: self.world_size][self.skip :].tolist()
-
-    def __len__(self) -> int:
-        return self.size - self.skip
-
-
-class Shard(Sampler[int]):
-    """This rank's share of an evaluation split, in order: rank, rank + world_size, ...
-
-    Unlike DistributedSampler nothing is padded, so every sample is counted exactly once
-    when the metrics are reduced over ranks.
-    """
-
-    def __init__(self, size: int, rank: DistInfo) -> None:
-        self.indices = range(rank.rank, size, rank.world_size)
-
-    def __iter__(self):  # noqa: ANN204 (an iterator of indices)
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
+    return torch.Generator().manual_seed(seed)
 
 
 def quiet_dead_worker_handoffs() -> None:

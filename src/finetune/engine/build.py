@@ -13,15 +13,15 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 
 from finetune.data import Preprocessing, Splits, build_loaders, build_splits, resolve_preprocessing
 from finetune.data.augment import batch_mixer, check_mixing, train_transform
 from finetune.engine.distributed import DistInfo, wrap_ddp
+from finetune.engine.ema import build_ema, follow_structure
 from finetune.engine.loop import Stepper, steps_in_epoch
-from finetune.engine.optim import param_groups
+from finetune.engine.optim import add_param_groups, param_groups
 from finetune.engine.precision import autocast_dtype, grad_scaler, maybe_compile
 from finetune.engine.startup import StartupClock
 from finetune.models.factory import ModelInfo
@@ -55,6 +55,23 @@ class Parts:
     def trainable_groups(self, params: list[nn.Parameter]) -> list[dict[str, Any]]:
         """Optimizer groups of the trainable `params`: head and backbone LR, no decay on norms."""
         return trainable_groups(self.cfg, self.freezer, params)
+
+    def thaw(self, epoch: int) -> bool:
+        """Move the freezing policy to `epoch`; True when it thawed something.
+
+        Thawed parameters join the optimizer and its schedule, and the EMA copy takes the
+        model's new structure (engine/ema.py). The caller re-wraps `trained` (DDP registers
+        the parameters that need gradients when it is built), once, after its last thaw.
+        """
+        thawed = self.freezer.apply(epoch)
+        if not thawed:
+            return False
+        add_param_groups(
+            self.stepper.optimizer, self.stepper.scheduler, self.trainable_groups(thawed)
+        )
+        if self.stepper.ema is not None:
+            follow_structure(self.stepper.ema, self.model)
+        return True
 
 
 def build_parts(
@@ -105,7 +122,7 @@ def build_parts(
         epochs=cfg.trainer.epochs,
     )
     dtype = autocast_dtype(cfg.trainer.precision, device)
-    ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
+    ema = build_ema(model, cfg.trainer.ema_decay)
     criterion = task.loss(splits.train).to(device)
     scaler = grad_scaler(device, dtype)
     check_mixing(cfg)

@@ -117,7 +117,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        set_cuda_rng_states(state["cuda"])
+
+
+def set_cuda_rng_states(states: list[torch.Tensor]) -> None:
+    """Each visible GPU's generator from the saved ones, as many as both sides have.
+
+    A run saved with more (or fewer) GPUs than this process sees is resumed all the same: the
+    first GPUs get their states back, and a warning says the random streams cannot all match.
+    """
+    visible = torch.cuda.device_count()
+    if len(states) != visible:
+        log.warning(
+            "the checkpoint holds the CUDA random state of %d GPU(s) and this process sees %d: "
+            "restored %d; random draws on the GPU (dropout) will not repeat the saved run's",
+            len(states),
+            visible,
+            min(len(states), visible),
+        )
+    for index, saved in enumerate(states[:visible]):
+        torch.cuda.set_rng_state(saved, index)
 
 
 def save_safetensors(

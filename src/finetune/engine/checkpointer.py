@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ class TopK:
         return a > b if self.mode == "max" else a < b
 
     def admits(self, score: float) -> bool:
+        if math.isnan(score):  # no rank among numbers: never kept
+            return False
         return self.k > 0 and (
             len(self.entries) < self.k or self.better(score, self.entries[-1][0])
         )
@@ -106,7 +109,12 @@ class Checkpointer:
         self.unfinished: dict[str, Any] | None = None  # a committed save whose links failed
 
     def improved(self, score: float) -> bool:
-        return self.best["score"] is None or self.top_k.better(score, self.best["score"])
+        """A NaN is never best, and never blocks a later number (every comparison with NaN is
+        False, so a NaN best, as older checkpoints may hold, would stay best for ever)."""
+        if math.isnan(score):
+            return False
+        best = self.best["score"]
+        return best is None or math.isnan(best) or self.top_k.better(score, best)
 
     def best_file(self) -> Path | None:
         """Where the best checkpoint is, in this run's folder (None before any save)."""

@@ -26,6 +26,7 @@ from finetune.records.predictions import Predictions
 from finetune.records.progress import ProgressBar
 from finetune.safety.errors import FinetuneError
 from finetune.safety.faults import NonFiniteWatch
+from finetune.safety.injection import PlannedSignal
 from finetune.safety.signals import StopRequest
 from finetune.tasks.base import Task
 
@@ -96,6 +97,7 @@ def train_one_epoch(
     )
     loss_sum = torch.tensor(loop.epoch_loss_sum, device=device)
     watch = NonFiniteWatch(device)  # the first step whose loss is NaN or inf
+    planned = PlannedSignal()  # tests only: a signal at a chosen step
     images_seen, start = 0, time.perf_counter()
     bar = ProgressBar(
         steps, f"epoch {loop.epoch + 1}", enabled=trainer.progress_bar, initial=loop.step_in_epoch
@@ -120,6 +122,7 @@ def train_one_epoch(
         optimizer_step(model, stepper, trainer.grad_clip, loop.global_step)
         loop.global_step += 1
         loop.step_in_epoch += 1
+        planned.after_step(loop.global_step)
         log_step = loop.global_step % trainer.log_every_n_steps == 0
         if log_step:
             watch.check()

@@ -11,6 +11,7 @@ override that differs from the saved run is an error that names the key.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,23 @@ def resume_argv(argv: list[str]) -> list[str]:
 
 
 def run_dir_of(target: Path) -> Path:
-    """The run directory of `resume=` target: the directory itself, or checkpoints/'s parent."""
+    """The run directory of `resume=` target: the directory itself, or checkpoints/'s parent.
+
+    A checkpoint file must lie in a run directory's checkpoints/ folder: resuming writes into
+    the run directory, and the parent of any other folder is no run's.
+    """
     if target.is_dir():
         return target
-    if target.is_file():
-        return target.parent.parent
-    raise FinetuneError(f"resume={target}: no such run directory or checkpoint file")
+    if not target.is_file():
+        raise FinetuneError(f"resume={target}: no such run directory or checkpoint file")
+    run_dir = target.parent.parent
+    if not ((run_dir / ".hydra").is_dir() or (run_dir / "summary.json").is_file()):
+        raise FinetuneError(
+            f"resume={target}: this checkpoint is not in a run directory's checkpoints/ folder "
+            f"({run_dir} has no .hydra/ or summary.json); resume the run directory it came from, "
+            f"or start a new run from its weights with model.pretrained={target}"
+        )
+    return run_dir
 
 
 def find_checkpoint(target: str, run_dir: Path, dirname: str) -> Path | None:
@@ -80,8 +92,10 @@ def merge_resume_config(
 ) -> DictConfig:
     """The saved config, with the command line's safe overrides applied.
 
-    A key an override touched and that differs from the saved run is taken when it is listed in
-    `may_change` and refused otherwise; keys nobody touched keep the saved values.
+    A key an override changed, compared with the saved run, is taken when it is listed in
+    `may_change` and refused otherwise; keys nobody touched keep the saved values. A group
+    whose options are `# @package _global_` (`debug=`, `experiment=`) may change any key, so
+    for one of those every key of the composed config is compared with the saved run's.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -96,19 +110,54 @@ def merge_resume_config(
         key = override.key_or_group
         if key == "resume" or key.startswith("hydra"):
             continue
-        new = OmegaConf.select(composed, key)
-        old = OmegaConf.select(merged, key)
-        new_plain = OmegaConf.to_container(new, resolve=True) if OmegaConf.is_config(new) else new
-        if new_plain == old:
-            continue
-        if not any(key == safe or key.startswith(f"{safe}.") for safe in may_change):
-            raise FinetuneError(
-                f"resume: {override.input_line} differs from the resumed run's {key}={old}; "
-                f"only {', '.join(may_change)} may change on resume (start a new run instead)"
-            )
-        OmegaConf.update(merged, key, new_plain, force_add=True)
+        for changed, new, old in changes(composed, merged, key):
+            if not any(changed == safe or changed.startswith(f"{safe}.") for safe in may_change):
+                raise FinetuneError(
+                    f"resume: {override.input_line} sets {changed}={new} but the resumed run has "
+                    f"{changed}={old}; only {', '.join(may_change)} may change on resume "
+                    "(start a new run instead)"
+                )
+            OmegaConf.update(merged, changed, new, force_add=True)
     merged.resume = composed.resume
     return merged
+
+
+ABSENT = object()
+# Set by the resume itself (where the run lives), never compared.
+NOT_COMPARED = ("resume", "paths")
+
+
+def changes(composed: DictConfig, merged: DictConfig, key: str) -> list[tuple[str, Any, Any]]:
+    """(key, composed value, saved value) for each key that an override of `key` changed.
+
+    `key` is a config key or group (`model`, `trainer.epochs`): compared whole. A key absent
+    from the composed config is a `_global_` group or a deletion: every key is compared.
+    """
+    new = OmegaConf.select(composed, key, default=ABSENT)
+    if new is not ABSENT:
+        new_plain = OmegaConf.to_container(new, resolve=True) if OmegaConf.is_config(new) else new
+        old = OmegaConf.select(merged, key)
+        return [] if new_plain == old else [(key, new_plain, old)]
+    now = flatten(OmegaConf.to_container(composed, resolve=True))
+    before = flatten(OmegaConf.to_container(merged, resolve=True))
+    return [
+        (name, now.get(name), before.get(name))
+        for name in sorted(now.keys() | before.keys())
+        if now.get(name, ABSENT) != before.get(name, ABSENT)
+        and name.split(".")[0] not in NOT_COMPARED
+    ]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"trainer.epochs": 8, ...}: every leaf of a nested dict by its dotted key (lists whole)."""
+    flat: dict[str, Any] = {}
+    for name, value in tree.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
 
 
 def load_resume_state(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, dict[str, Any] | None]:
@@ -181,3 +230,35 @@ def trim_metrics_csv(path: Path, last_epoch: int) -> None:
     buffer = StringIO()
     csv.writer(buffer).writerows(kept)
     atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode()))
+
+
+def warn_if_schedule_jumps(scheduler: Any, state: dict[str, Any], epochs: int) -> bool:
+    """Warn when the restored schedule gives another LR than the saved run had reached.
+
+    A schedule shaped by the run's length (cosine) is rebuilt for the new `trainer.epochs`
+    and restored at the saved step: extending a run stretches the rest of the curve, so the
+    LR jumps back up from where it had decayed to. True when it jumps.
+    """
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if lambdas is None:  # not a LambdaLR: nothing to compare
+        return False
+    step = scheduler.last_epoch
+    saved = [group["lr"] for group in state["optimizer_state_dict"]["param_groups"]]
+    now = [base * factor(step) for base, factor in zip(scheduler.base_lrs, lambdas, strict=True)]
+    if all(
+        math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15) for a, b in zip(saved, now, strict=True)
+    ):
+        return False
+    log.warning(
+        "resume: trainer.epochs=%d (the saved run had %s) reshapes the LR schedule: at step %d "
+        "the LR jumps from %.3g to %.3g, then follows the new curve. To keep the saved curve, "
+        "resume with the original trainer.epochs; to train longer on a smooth schedule, start a "
+        "new run from these weights (model.pretrained=RUN) or use a schedule that does not "
+        "depend on the run's length (scheduler=step or none)",
+        epochs,
+        state["config"]["trainer"]["epochs"],
+        step,
+        saved[0],
+        now[0],
+    )
+    return True

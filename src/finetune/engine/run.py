@@ -13,6 +13,7 @@ torchrun every rank runs this; only rank 0 writes files.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,6 @@ from finetune.engine.distributed import (
 from finetune.engine.early_stopping import EarlyStopping, early_stopping
 from finetune.engine.loop import LoopState, evaluate, train_one_epoch
 from finetune.engine.lr_finder import RangeTest, resolve_lr
-from finetune.engine.optim import add_param_groups
 from finetune.engine.records import (
     checkpoint_metadata,
     describe,
@@ -48,7 +48,7 @@ from finetune.engine.records import (
     start_summary,
 )
 from finetune.engine.report import report_at_end_of_run
-from finetune.engine.resume import load_resume_state, trim_metrics_csv
+from finetune.engine.resume import load_resume_state, trim_metrics_csv, warn_if_schedule_jumps
 from finetune.engine.rundir import RunPaths, checkpoint_split_manifest, record_split_manifest
 from finetune.engine.setup import pick_device, seed_everything
 from finetune.engine.startup import StartupClock
@@ -180,6 +180,7 @@ def setup(
     checkpointer.metadata = checkpoint_metadata(run)  # a resume may rewrite model.safetensors
     if resumed is not None:
         restore(resumed, run)
+        warn_if_schedule_jumps(parts.stepper.scheduler, resumed, cfg.trainer.epochs)
         trim_metrics_csv(paths.metrics_csv, run.loop.epoch)
         summary["wall_time_s_before"] = summary.get("wall_time_s", 0)
         log.info("Resumed at epoch %d, step %d", run.loop.epoch, run.loop.global_step)
@@ -217,10 +218,7 @@ def run_epoch(run: Run) -> bool:
     """
     cfg, parts, loop = run.cfg, run.parts, run.loop
     epoch, epoch_start = loop.epoch + 1, time.time()
-    thawed = parts.freezer.apply(epoch)  # gradual: the backbone joins the optimizer
-    if thawed:
-        stepper = parts.stepper
-        add_param_groups(stepper.optimizer, stepper.scheduler, parts.trainable_groups(thawed))
+    if parts.thaw(epoch):  # gradual: the backbone joins the optimizer, the EMA and DDP
         run.net = parts.wrap(parts.trained)
     train_loss, images_per_s = train_one_epoch(
         run.net,
@@ -271,11 +269,11 @@ def validate(run: Run, samples: Predictions | None) -> dict[str, float]:
         stepper.dtype,
     )
     if stepper.ema is not None:
-        ema = (
-            stepper.ema.module
-            if run.net is parts.model
-            else stepper.ema.module.get_submodule(parts.model_info.head[0])
-        )
+        # The EMA of the whole model, or of the head alone when it trains on cached features
+        # (under DDP, run.net is a wrapper, never the model itself).
+        on_features = parts.trained is not parts.model
+        ema_model = stepper.ema.module
+        ema = ema_model.get_submodule(parts.model_info.head[0]) if on_features else ema_model
         ema_val = evaluate(
             ema, loader, parts.task, run.metrics, stepper.device, "val", limit, None, stepper.dtype
         )
@@ -313,8 +311,9 @@ def save_mid_epoch(run: Run, loss: float) -> None:
 def test(run: Run) -> float:
     """The best checkpoint's weights on the test split; returns the best monitored value."""
     cfg, parts, loggers = run.cfg, run.parts, run.loggers
-    best_file = run.checkpointer.best_file()
-    best_path = broadcast_from_main(None if best_file is None else str(best_file))
+    best_path = broadcast_from_main(
+        tested_checkpoint(run.checkpointer, cfg.monitor) if run.rank.is_main else None
+    )
     if best_path is None:  # every save failed, under checkpoint.on_error=warn
         raise WriteFailed("no checkpoint could be saved in this run; free disk space, run again")
     load_exact(parts.model, safe_torch_load(Path(best_path))["model_state_dict"], best_path)
@@ -333,7 +332,8 @@ def test(run: Run) -> float:
         stepper.dtype,
     )
     loggers.log_metrics(test_metrics, run.loop.global_step)
-    best_score = float(broadcast_from_main(run.checkpointer.best["score"]))
+    score = run.checkpointer.best["score"]  # None when the monitor was NaN at every epoch
+    best_score = float(broadcast_from_main(math.nan if score is None else score))
     # A run killed after its last save, before its summary was written, has no "final" yet.
     final_row = run.summary.get("final", {})
     final = {k: v for k, v in final_row.items() if k.startswith(("train/", "val/"))}
@@ -351,3 +351,16 @@ def test(run: Run) -> float:
     )
     run.summary.update(faults_so_far(run))
     return best_score
+
+
+def tested_checkpoint(checkpointer: Checkpointer, monitor: str) -> str | None:
+    """best.pt; last.pt when the monitor was NaN at every epoch (a NaN is never best); None
+    when no save succeeded (checkpoint.on_error=warn)."""
+    best = checkpointer.best_file()
+    if best is not None or checkpointer.failed_saves:
+        return None if best is None else str(best)
+    last = checkpointer.directory / "last.pt"
+    if not last.is_file():
+        return None
+    log.warning("%s was NaN at every epoch, so no checkpoint is best: testing last.pt", monitor)
+    return str(last)

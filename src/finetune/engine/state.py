@@ -56,15 +56,15 @@ def restore(state: dict[str, Any], run: Run) -> None:
     """Load what `state_of` wrote: the next step is the one the saved run would have taken."""
     from finetune.engine.checkpoint import set_rng_state
     from finetune.engine.loop import LoopState
-    from finetune.engine.optim import add_param_groups
     from finetune.models.weights import load_exact
 
     parts, stepper = run.parts, run.parts.stepper
     run.loop = LoopState(**state["loop"])
-    # Thaw as the saved run had by then, so the optimizer has the same groups.
-    for epoch in range(2, run.loop.epoch + 1 + (run.loop.step_in_epoch > 0)):
-        thawed = parts.freezer.apply(epoch)
-        add_param_groups(stepper.optimizer, stepper.scheduler, parts.trainable_groups(thawed))
+    # Thaw as the saved run had by then, so that the optimizer has the same groups, the EMA
+    # the same structure, and DDP syncs the thawed backbone (re-wrapped once, at the end).
+    epochs = range(2, run.loop.epoch + 1 + (run.loop.step_in_epoch > 0))
+    if any([parts.thaw(epoch) for epoch in epochs]):  # a list: every epoch's thaw runs
+        run.net = parts.wrap(parts.trained)
     load_exact(parts.model, state["model_state_dict"], "the resumed checkpoint")
     stepper.optimizer.load_state_dict(state["optimizer_state_dict"])
     stepper.scheduler.load_state_dict(state["scheduler"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,26 @@ def check_cache_features(cfg: DictConfig) -> None:
         )
 
 
-def cache_key(model: nn.Module, cfg: DictConfig, prep: dict[str, Any]) -> str:
-    """A hash of what decides the features: model name, backbone weights, data, preprocessing."""
+def cache_key(
+    model: nn.Module, cfg: DictConfig, prep: dict[str, Any], datasets: list[Dataset]
+) -> str | None:
+    """A hash of what decides the features: model name, backbone weights, the data's content,
+    its config and the preprocessing. None when a data set's content cannot be told apart
+    (then the features are not kept on disk).
+    """
     digest = hashlib.sha256()
     digest.update(f"{cfg.model.source}:{cfg.model.name}".encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for dataset in datasets:
+        if not add_content(digest, dataset):
+            log.warning(
+                "freeze.cache_features: cannot fingerprint the content of %s; the features "
+                "are kept in memory only",
+                type(dataset).__name__,
+            )
+            return None
     data = OmegaConf.to_container(cfg.data, resolve=True)
     for key in ("batch_size", "num_workers"):
         data.pop(key, None)  # do not change the features
@@ -65,6 +79,33 @@ def cache_key(model: nn.Module, cfg: DictConfig, prep: dict[str, Any]) -> str:
         json.dumps({"data": data, "prep": prep, "seed": cfg.seed}, sort_keys=True).encode()
     )
     return digest.hexdigest()[:24]
+
+
+def add_content(digest: Any, dataset: Dataset) -> bool:
+    """Feed what the samples hold into `digest`; False for a kind of data set it cannot read.
+
+    Image files count by path, size, modification time and label (a rewritten or added file
+    gives a new key without reading every image); images in memory by their bytes.
+    """
+    samples = getattr(dataset, "samples", None)  # ImageFiles, InMemoryImages
+    tensors = getattr(dataset, "tensors", None)  # TensorDataset
+    if samples is not None:
+        for item, label in samples:
+            if isinstance(item, (str, os.PathLike)):
+                stat = os.stat(item)
+                digest.update(f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
+            else:  # a PIL image held in memory
+                digest.update(item.tobytes())
+                digest.update(f"{item.mode}{item.size}\0{label}\n".encode())
+        return True
+    if tensors is None and hasattr(dataset, "images") and hasattr(dataset, "labels"):
+        tensors = (dataset.images, dataset.labels)  # TensorImages
+    if tensors is None:
+        return False
+    for tensor in tensors:
+        digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return True
 
 
 @torch.inference_mode()
@@ -113,7 +154,11 @@ def feature_loaders(
 ) -> dict[str, DataLoader]:
     """Loaders of (features, label) in place of (image, label), from the cache when it has them."""
     directory = cfg.freeze.feature_cache_dir
-    path = Path(directory) / f"{cache_key(model, cfg, prep)}.pt" if directory else None
+    path = None
+    if directory:
+        datasets = [loaders[split].dataset for split in ("train", "val", "test")]
+        key = cache_key(model, cfg, prep, datasets)
+        path = Path(directory) / f"{key}.pt" if key is not None else None
     if path is not None and path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
         log.info("Features from the cache: %s", path)

@@ -1,0 +1,39 @@
+"""The EMA copy follows the model through a thaw: its tensors pair with the model's by name."""
+
+from __future__ import annotations
+
+import torch
+from conftest import compose_train
+
+from finetune.engine.build import build_parts
+from finetune.engine.distributed import DistInfo
+
+
+def test_a_thaw_gives_the_ema_the_models_structure_and_keeps_its_averages(tmp_path):
+    cfg = compose_train(
+        tmp_path,
+        "model=test_resnet",
+        "data.image_size=16",
+        "freeze=gradual",
+        "freeze.unfreeze_at_epoch=2",
+        "freeze.allow_random_backbone=true",
+        "trainer.ema_decay=0.5",
+    )
+    parts = build_parts(cfg, torch.device("cpu"), DistInfo())
+    ema, model = parts.stepper.ema, parts.model
+    with torch.no_grad():  # averages that differ from the model's weights, to follow them
+        for tensor in ema.module.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(1.0)
+    averages = {k: v.clone() for k, v in ema.module.state_dict().items()}
+
+    assert parts.thaw(epoch=2)
+    assert list(ema.module.state_dict()) == list(model.state_dict())  # BatchNorm is back
+    assert all(torch.equal(ema.module.state_dict()[k], v) for k, v in averages.items())
+
+    ema.update(model, step=10)  # timm pairs the two state dicts by position
+    weights = model.state_dict()
+    for name, average in averages.items():
+        if average.is_floating_point():
+            expected = 0.5 * average + 0.5 * weights[name]
+            assert torch.allclose(ema.module.state_dict()[name], expected), name
