@@ -93,7 +93,7 @@ def test_the_cache_key_follows_the_content_of_the_files(tmp_path):
 
     root = write_image_tree(tmp_path / "images", {"": 2}, ("a", "b"))
     files = sorted(str(p) for p in root.rglob("*.png"))
-    dataset = ImageFiles([(path, i % 2) for i, path in enumerate(files)], "error")
+    dataset = ImageFiles([(path, i % 2) for i, path in enumerate(files)], "error", "white", root)
     model = timm.create_model("test_resnet", num_classes=2)
     cfg, prep = config(tmp_path), {"image_size": 16}
 
