@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
+from finetune.data.cache import pixels_of
 from finetune.data.splits import Splits, class_index, stratified_split
 from finetune.safety.errors import DataFault, FinetuneError
 
@@ -39,15 +40,31 @@ class ImageFiles(Dataset):
         self.transform: Any = None
         self.on_bad_image = on_bad_image
         self.skipped = torch.zeros(len(samples), dtype=torch.bool).share_memory_()
+        # data.cache (data/cache.py): decoded views kept once made, and what makes one.
+        self.decoded: Any = None
+        self.view: Any = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         path, label = self.samples[index]
+        if self.decoded is not None:
+            pixels = self.decoded.get(index)
+            if pixels is None:
+                image = self.read(index)
+                if image is None:
+                    return None  # collate_readable leaves it out of the batch
+                pixels = self.decoded.put(index, pixels_of(self.view(image)))
+            return self.transform(pixels), label
+        image = self.read(index)
+        return None if image is None else (self.transform(image), label)
+
+    def read(self, index: int) -> Image.Image | None:
+        """The decoded image, or None when it is unreadable and data.on_bad_image=skip."""
+        path = self.samples[index][0]
         try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
+            return decode_image(path)
         except (OSError, UnidentifiedImageError, SyntaxError) as error:
             if self.on_bad_image == "skip":
                 if not self.skipped[index]:
@@ -55,12 +72,17 @@ class ImageFiles(Dataset):
                         "skipped unreadable image %s (data.on_bad_image=skip): %s", path, error
                     )
                 self.skipped[index] = True
-                return None  # collate_readable leaves it out of the batch
+                return None
             raise DataFault(
                 f"unreadable image {path} (sample {index}): {error}; remove or replace the file, "
                 "or set data.on_bad_image=skip"
             ) from None
-        return self.transform(image), label
+
+
+def decode_image(path: str) -> Image.Image:
+    """The one place a file becomes an RGB image (the decoded-image cache calls it too)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def collate_readable(batch: list[Any]) -> Any:

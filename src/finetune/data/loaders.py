@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -14,7 +15,8 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Sampler
 
-from finetune.data.folders import collate_readable
+from finetune.data.cache import attach_caches, cache_mode
+from finetune.data.folders import ImageFiles, collate_readable
 from finetune.data.splits import Splits
 from finetune.data.tracking import TrackedDataset
 from finetune.engine.distributed import DistInfo
@@ -96,17 +98,24 @@ def build_loaders(
     rank: DistInfo = SINGLE_PROCESS,
 ) -> dict[str, DataLoader]:
     """Seeded loaders: the training order depends on `seed` alone, workers included."""
-    train_tf, eval_tf = transforms_for(splits.kind, prep, cfg.augment)
+    folders = [splits.train, splits.val, splits.test]
+    if all(isinstance(d, ImageFiles) for d in folders) and cache_mode(cfg, folders, prep) != "none":
+        # data.cache: each image decoded once; the transforms then work on uint8 tensors.
+        train_tf, eval_tf = attach_caches(cfg, folders, prep, cfg.augment)
+    else:
+        train_tf, eval_tf = transforms_for(splits.kind, prep, cfg.augment)
     splits.train.transform = train_tf
     splits.val.transform = eval_tf
     splits.test.transform = eval_tf
-    if cfg.num_workers > 0:
+    workers = worker_count(cfg.num_workers, splits.kind)
+    if workers > 0:
         quiet_dead_worker_handoffs()
     common: dict[str, Any] = {
         "batch_size": cfg.batch_size,
-        "num_workers": cfg.num_workers,
+        "num_workers": workers,
         "pin_memory": device.type == "cuda",
-        "persistent_workers": cfg.num_workers > 0,
+        "persistent_workers": workers > 0,
+        "prefetch_factor": cfg.prefetch_factor if workers > 0 else None,
         "worker_init_fn": seed_worker,
         "collate_fn": collate_readable,  # leaves out images skipped by data.on_bad_image=skip
     }
@@ -117,7 +126,7 @@ def build_loaders(
 
     def tracked(name: str) -> TrackedDataset:
         """The split, with what each worker is loading noted, to name it if the worker dies."""
-        return TrackedDataset(getattr(splits, name), name, cfg.num_workers)
+        return TrackedDataset(getattr(splits, name), name, workers)
 
     return {
         "train": DataLoader(
@@ -126,6 +135,22 @@ def build_loaders(
         "val": DataLoader(tracked("val"), sampler=Shard(len(splits.val), rank), **common),
         "test": DataLoader(tracked("test"), sampler=Shard(len(splits.test), rank), **common),
     }
+
+
+def worker_count(num_workers: int | str, kind: str) -> int:
+    """data.num_workers, with `auto` from the cores this process may use.
+
+    Data already decoded in memory (digits) gains nothing from workers but their start-up and
+    the copies between processes: auto is 0 there. Files need decoding: one core stays with
+    the training process, the others (shared between the ranks of this machine) load, up to 8.
+    """
+    if num_workers != "auto":
+        return int(num_workers)
+    if kind == "tensor":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
+    return max(0, min(8, (cores or 1) // local_ranks - 1))
 
 
 class EpochSampler(Sampler[int]):

@@ -105,7 +105,7 @@ def feature_loaders(
         cached = {}
         for split, loader in loaders.items():
             features, labels = extract(
-                model, loader.dataset, cfg.data.batch_size, cfg.data.num_workers, device, split
+                model, loader.dataset, cfg.data.batch_size, loader.num_workers, device, split
             )
             cached[split] = {"features": features, "labels": labels}
         if path is not None:
