@@ -115,11 +115,13 @@ def metric_filename(epoch: int, metrics: dict[str, float], monitor: str) -> str:
     return "-".join(parts) + ".pt"
 
 
-def save_safetensors(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
-    """The weights alone, for sharing; metadata says which model and classes."""
+def save_safetensors(
+    weights: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
+) -> None:
+    """The weights alone (a model_state dict), for sharing; metadata says which model, classes."""
     from safetensors.torch import save
 
-    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     atomic_write(path, lambda handle: handle.write(save(state, metadata=metadata)))
 
 
@@ -195,7 +197,10 @@ class Checkpointer:
             if is_best:
                 link_atomic(last, self.directory / "best.pt")
                 if self.write_safetensors:
-                    save_safetensors(model, self.directory / "model.safetensors", metadata)
+                    # The state's own weights: the model itself may be training on meanwhile
+                    # (engine/writer.py saves from a thread).
+                    weights = state["model_state_dict"]
+                    save_safetensors(weights, self.directory / "model.safetensors", metadata)
             if admitted:
                 link_atomic(last, top_path)
         except WriteFailed as error:

@@ -50,6 +50,7 @@ from finetune.engine.rundir import RunPaths
 from finetune.engine.setup import pick_device, seed_everything
 from finetune.engine.startup import StartupClock
 from finetune.engine.state import restore, state_of
+from finetune.engine.writer import BackgroundCheckpointer
 from finetune.models.weights import load_exact, safe_torch_load
 from finetune.records.loggers import Loggers, build_loggers, flat_hparams
 from finetune.records.predictions import Predictions
@@ -71,7 +72,7 @@ class Run:
     parts: Parts  # data, task, model, freezing, optimizer, precision, EMA
     net: nn.Module  # what the loop trains: compiled and DDP-wrapped as the config asks
     metrics: MetricCollection  # the task's, on the device
-    checkpointer: Checkpointer
+    checkpointer: BackgroundCheckpointer  # a Checkpointer that saves from a thread
     loggers: Loggers
     loop: LoopState
     summary: dict[str, Any]
@@ -129,13 +130,16 @@ def setup(
     torch.autograd.set_detect_anomaly(cfg.trainer.detect_anomaly)  # the op that made a NaN
     parts = build_parts(cfg, device, rank, clock)
     checkpoint = cfg.checkpoint
-    checkpointer = Checkpointer(
-        paths.checkpoints,
-        cfg.monitor,
-        cfg.mode,
-        checkpoint.save_top_k,
-        checkpoint.save_safetensors,
-        checkpoint.on_error,
+    checkpointer = BackgroundCheckpointer(
+        Checkpointer(
+            paths.checkpoints,
+            cfg.monitor,
+            cfg.mode,
+            checkpoint.save_top_k,
+            checkpoint.save_safetensors,
+            checkpoint.on_error,
+        ),
+        checkpoint.background,  # written by a thread while the next epoch trains (writer.py)
     )
     loggers = build_loggers(
         cfg,
@@ -176,7 +180,10 @@ def fit(run: Run) -> None:
     while run.loop.epoch < run.cfg.trainer.epochs:
         run_epoch(run)
         if run.stop.requested:
+            run.checkpointer.wait()  # the epoch's checkpoint is on disk before the run stops
             raise run.stop.stopped()
+    run.checkpointer.wait()  # the last epoch's write (engine/writer.py)
+    run.summary.update(best=run.checkpointer.best)
 
 
 def run_epoch(run: Run) -> None:
