@@ -33,6 +33,7 @@ from finetune.engine.distributed import (
     rank_device,
 )
 from finetune.engine.loop import LoopState, evaluate, train_one_epoch
+from finetune.engine.memory import keep_freed_memory
 from finetune.engine.optim import add_param_groups
 from finetune.engine.records import (
     checkpoint_metadata,
@@ -128,6 +129,7 @@ def setup(
     device = rank_device(cfg.trainer.device, rank) or pick_device(cfg.trainer.device)
     seed_everything(cfg.seed)
     torch.autograd.set_detect_anomaly(cfg.trainer.detect_anomaly)  # the op that made a NaN
+    keep_freed_memory(cfg.trainer.keep_freed_memory)  # no page faults every step (memory.py)
     parts = build_parts(cfg, device, rank, clock)
     checkpoint = cfg.checkpoint
     checkpointer = BackgroundCheckpointer(
