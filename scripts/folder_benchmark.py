@@ -13,8 +13,10 @@ tensors in memory. So this writes scikit-learn's digits as 32 px PNG class folde
 
 Rows: training images/s (the train pass alone), images/s over whole epochs (train images per
 second between one epoch's line and the next: validation, checkpoints and records included),
-whole-process seconds, the first optimizer step in seconds after the process started, and the
-child's minor page faults. Ratios are of paired runs (project over bare), medians over runs.
+whole-process seconds (wall and CPU: on a machine shared with other jobs the CPU seconds move
+less), the first optimizer step in seconds after the process started, and the process's minor
+page faults (with its data loader workers'). Ratios are of paired runs (project over bare),
+medians over runs.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+")
-ROWS = ("train_img_s", "epoch_img_s", "process_s", "first_step_s", "minor_faults_k")
+ROWS = ("train_img_s", "epoch_img_s", "process_s", "cpu_s", "first_step_s", "minor_faults_k")
 
 
 def write_digits_folder(root: Path, size: int = 32) -> Path:
@@ -123,6 +125,7 @@ def timed_process(command: list[str], env: dict[str, str]) -> dict[str, float | 
         "process_s": time.perf_counter() - start,
         "first_step_s": first_step,
         "epoch_ends": epoch_ends,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
         "minor_faults_k": usage.ru_minflt / 1000,
     }
 
@@ -160,6 +163,7 @@ def one_run(
         "train_img_s": statistics.median(train_rates[1:] or train_rates),
         "epoch_img_s": train_images * (len(ends) - 1) / (ends[-1] - ends[0]),
         "process_s": timing["process_s"],
+        "cpu_s": timing["cpu_s"],
         "first_step_s": timing["first_step_s"],
         "minor_faults_k": timing["minor_faults_k"],
     }
@@ -172,6 +176,8 @@ def compare(model: str, root: Path, tmp: Path, args: argparse.Namespace) -> str:
         order = ["bare", "project"] if run % 2 == 0 else ["project", "bare"]
         for variant in order:
             found[variant].append(one_run(variant, model, root, tmp, args))
+            rounded = {k: round(v, 2) for k, v in found[variant][-1].items()}
+            print(f"  run {run + 1} {variant}: {rounded}", flush=True)
     lines = []
     for row in ROWS:
         bare = [r[row] for r in found["bare"]]
