@@ -5,6 +5,7 @@
     python scripts/benchmark.py --model resnet18 --batch-size 32 optimizer=sgd   # Hydra overrides
     python scripts/benchmark.py --variants project bf16 chlast ema compile accum2 clip frozen cached
     python scripts/benchmark.py --model vit_tiny_patch16_224 --variants project frozen lora
+    python scripts/benchmark.py --folder --model test_resnet --runs 3   # whole runs on PNG files
 
 Each variant trains the same model on the same data for the same number of steps, with the
 optimizer and scheduler built as a run builds them from the real YAML
@@ -23,6 +24,11 @@ features, LoRA adapters): list "project" first and the ratio column is the optio
 speed. On CUDA a last column gives each variant's peak GPU memory over one timed run.
 A new row is one more `Variant` in ALL_VARIANTS: a name, a loop function, and the Hydra
 overrides its setup needs. After the table, scripts/time_to_first_step.py times start-up.
+
+`--folder` (the rest of the arguments go to scripts/folder_benchmark.py) times what users wait
+for instead: whole `train.py` runs on digits written as PNG class folders against a bare
+hand-written folder loop, with training and whole-epoch images/s, process seconds, time to the
+first step and page faults.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from finetune.resolvers import register_resolvers
 from finetune.safety.signals import StopRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # imported, not run, this is not set
+import folder_benchmark  # noqa: E402
 from time_to_first_step import startup_table  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -318,6 +325,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--folder" in argv:
+        argv.remove("--folder")
+        folder_benchmark.main(argv)
+        return
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

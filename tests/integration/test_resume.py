@@ -187,3 +187,34 @@ def test_a_checkpoint_with_pickled_code_is_refused(run_train, tmp_path):
         assert result.returncode == 2, result.output[-2000:]
         assert "refused" in result.output
     assert not marker.exists()
+
+
+@pytest.mark.xfail(
+    reason="seen failing (weights differ after the resume); suspected: persistent loader workers "
+    "keep epoch 1's augmentation RNG stream in the straight run, a resumed run seeds them afresh "
+    "at epoch 2; not yet checked whether data.cache=none fails the same way",
+    strict=False,
+)
+def test_resume_on_an_image_folder_with_the_decoded_cache_is_bitwise(
+    run_train, tmp_path, image_tree
+):
+    """Cached views, augmented on tensors by a loader worker, resume to the same weights."""
+    folder = (
+        *TINY,
+        "data=image_folder",
+        f"data.root={image_tree}",
+        "data.batch_size=8",
+        "data.cache=memory",
+        "data.augment=true",
+        "data.num_workers=1",
+        "scheduler=none",
+    )
+    first = run_train(*folder, "trainer.epochs=1")
+    assert first.returncode == 0, first.output[-2000:]
+    assert "Decoded images cached (data.cache=memory)" in first.output
+    resumed = run_train(f"resume={first.run_dir}", "trainer.epochs=2", run_dir=first.run_dir)
+    assert resumed.returncode == 0, resumed.output[-2000:]
+    straight = run_train(*folder, "trainer.epochs=2", run_dir=tmp_path / "s")
+    assert straight.returncode == 0, straight.output[-2000:]
+    assert_same_weights(first.run_dir / "checkpoints/last.pt", tmp_path / "s/checkpoints/last.pt")
+    assert metric_rows(first.run_dir) == metric_rows(tmp_path / "s")

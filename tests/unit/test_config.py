@@ -74,7 +74,8 @@ def check_group(cfg: DictConfig, group: str, option: str) -> None:
         assert isinstance(OmegaConf.to_container(cfg.model.kwargs, resolve=True), dict)
     elif group == "data":
         assert cfg.data.name == option
-        assert cfg.data.image_size > 0 and cfg.data.batch_size > 0 and cfg.data.num_workers >= 0
+        assert cfg.data.image_size > 0 and cfg.data.batch_size > 0
+        assert cfg.data.num_workers == "auto" or cfg.data.num_workers >= 0
         assert 0 <= cfg.data.val_fraction < 1 and 0 <= cfg.data.test_fraction < 1
         assert "classes" in cfg.data and "augment" in cfg.data
     elif group in ("optimizer", "scheduler"):

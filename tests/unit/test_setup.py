@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,18 @@ def test_bad_mode_and_workers() -> None:
         check_config(train_cfg(mode="maximum"))
     with pytest.raises(FinetuneError, match="data.num_workers=-1"):
         check_config(train_cfg(data__num_workers=-1))
+    with pytest.raises(FinetuneError, match="data.num_workers=many must be auto or an integer"):
+        check_config(train_cfg(data__num_workers="many"))
+    check_config(train_cfg(data__num_workers="auto"))
+
+
+def test_auto_workers_follow_the_cores_and_the_data() -> None:
+    from finetune.data.loaders import worker_count
+
+    cores = len(os.sched_getaffinity(0))
+    assert worker_count("auto", "tensor") == 0  # in memory already: workers only cost
+    assert worker_count("auto", "pil") == max(0, min(8, cores - 1))
+    assert worker_count(3, "tensor") == 3
 
 
 def test_cpu_device_and_missing_cuda() -> None:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
+from finetune.data.cache import pixels_of
 from finetune.data.images import RGB, background_rgb, load_image
 from finetune.data.splits import Splits, class_index, stratified_split
 from finetune.safety.errors import DataFault, FinetuneError
@@ -55,6 +56,9 @@ class ImageFiles(Dataset):
         self.background_choice = background
         self.background: RGB = background_rgb(background, DEFAULT_MEAN)
         self.skipped = torch.zeros(len(samples), dtype=torch.bool).share_memory_()
+        # data.cache (data/cache.py): decoded views kept once made, and what makes one.
+        self.decoded: Any = None
+        self.view: Any = None
 
     def with_samples(self, samples: list[tuple[str, int]]) -> ImageFiles:
         """Another split of the same folder: the same root and settings, other samples."""
@@ -69,8 +73,22 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         path, label = self.samples[index]
+        if self.decoded is not None:
+            pixels = self.decoded.get(index)
+            if pixels is None:
+                image = self.read(index)
+                if image is None:
+                    return None  # collate_readable leaves it out of the batch
+                pixels = self.decoded.put(index, pixels_of(self.view(image)))
+            return self.transform(pixels), label
+        image = self.read(index)
+        return None if image is None else (self.transform(image), label)
+
+    def read(self, index: int) -> Image.Image | None:
+        """The decoded image, or None when it is unreadable and data.on_bad_image=skip."""
+        path = self.samples[index][0]
         try:
-            image = load_image(path, self.background)
+            return load_image(path, self.background)
         except UNREADABLE as error:
             reason = describe_unreadable(error)
             if self.on_bad_image == "skip":
@@ -79,12 +97,11 @@ class ImageFiles(Dataset):
                         "skipped unreadable image %s (data.on_bad_image=skip): %s", path, reason
                     )
                 self.skipped[index] = True
-                return None  # collate_readable leaves it out of the batch
+                return None
             raise DataFault(
                 f"unreadable image {path} (sample {index}): {reason}; remove or replace the "
                 "file, or set data.on_bad_image=skip"
             ) from None
-        return self.transform(image), label
 
 
 def describe_unreadable(error: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -14,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from finetune.data.cache import attach_caches, cache_mode
 from finetune.data.folders import ImageFiles, collate_readable
 from finetune.data.samplers import SINGLE_PROCESS, Shard, train_sampler
 from finetune.data.seeding import SeededSamples
@@ -97,20 +99,27 @@ def build_loaders(
 ) -> dict[str, DataLoader]:
     """Seeded loaders: training order and augmentation depend on (seed, epoch) alone, workers
     included (data/seeding.py)."""
-    train_tf, eval_tf = transforms_for(splits.kind, prep, cfg.augment)
+    folders = [splits.train, splits.val, splits.test]
+    for dataset in folders:
+        if isinstance(dataset, ImageFiles):
+            dataset.use_mean(prep.mean)  # data.background=mean: the model's input mean
+    if all(isinstance(d, ImageFiles) for d in folders) and cache_mode(cfg, folders, prep) != "none":
+        # data.cache: each image decoded once; the transforms then work on uint8 tensors.
+        train_tf, eval_tf = attach_caches(cfg, folders, prep, cfg.augment)
+    else:
+        train_tf, eval_tf = transforms_for(splits.kind, prep, cfg.augment)
     splits.train.transform = train_tf
     splits.val.transform = eval_tf
     splits.test.transform = eval_tf
-    for dataset in (splits.train, splits.val, splits.test):
-        if isinstance(dataset, ImageFiles):
-            dataset.use_mean(prep.mean)  # data.background=mean: the model's input mean
-    if cfg.num_workers > 0:
+    workers = worker_count(cfg.num_workers, splits.kind)
+    if workers > 0:
         quiet_dead_worker_handoffs()
     common: dict[str, Any] = {
         "batch_size": cfg.batch_size,
-        "num_workers": cfg.num_workers,
+        "num_workers": workers,
         "pin_memory": device.type == "cuda",
-        "persistent_workers": cfg.num_workers > 0,
+        "persistent_workers": workers > 0,
+        "prefetch_factor": cfg.prefetch_factor if workers > 0 else None,
         "worker_init_fn": seed_worker,
         "collate_fn": collate_readable,  # leaves out images skipped by data.on_bad_image=skip
     }
@@ -121,7 +130,7 @@ def build_loaders(
 
     def tracked(name: str) -> TrackedDataset:
         """The split, with what each worker is loading noted, to name it if the worker dies."""
-        return TrackedDataset(getattr(splits, name), name, cfg.num_workers)
+        return TrackedDataset(getattr(splits, name), name, workers)
 
     return {
         "train": DataLoader(
@@ -138,6 +147,22 @@ def build_loaders(
             tracked("test"), sampler=Shard(len(splits.test), rank), generator=own(seed), **common
         ),
     }
+
+
+def worker_count(num_workers: int | str, kind: str) -> int:
+    """data.num_workers, with `auto` from the cores this process may use.
+
+    Data already decoded in memory (digits) gains nothing from workers but their start-up and
+    the copies between processes: auto is 0 there. Files need decoding: one core stays with
+    the training process, the others (shared between the ranks of this machine) load, up to 8.
+    """
+    if num_workers != "auto":
+        return int(num_workers)
+    if kind == "tensor":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
+    return max(0, min(8, (cores or 1) // local_ranks - 1))
 
 
 def own(seed: int) -> torch.Generator:

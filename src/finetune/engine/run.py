@@ -36,6 +36,7 @@ from finetune.engine.distributed import (
 from finetune.engine.early_stopping import EarlyStopping, early_stopping
 from finetune.engine.loop import LoopState, evaluate, train_one_epoch
 from finetune.engine.lr_finder import RangeTest, resolve_lr
+from finetune.engine.memory import keep_freed_memory
 from finetune.engine.records import (
     checkpoint_metadata,
     describe,
@@ -53,6 +54,7 @@ from finetune.engine.rundir import RunPaths, checkpoint_split_manifest, record_s
 from finetune.engine.setup import pick_device, seed_everything
 from finetune.engine.startup import StartupClock
 from finetune.engine.state import restore, state_of
+from finetune.engine.writer import BackgroundCheckpointer
 from finetune.models.native import save_native
 from finetune.models.weights import load_exact, safe_torch_load
 from finetune.records.loggers import Loggers, build_loggers, flat_hparams
@@ -75,7 +77,7 @@ class Run:
     parts: Parts  # data, task, model, freezing, optimizer, precision, EMA
     net: nn.Module  # what the loop trains: compiled and DDP-wrapped as the config asks
     metrics: MetricCollection  # the task's, on the device
-    checkpointer: Checkpointer
+    checkpointer: BackgroundCheckpointer  # a Checkpointer that saves from a thread
     loggers: Loggers
     loop: LoopState
     summary: dict[str, Any]
@@ -139,20 +141,12 @@ def setup(
     device = rank_device(cfg.trainer.device, rank) or pick_device(cfg.trainer.device)
     seed_everything(cfg.seed)
     torch.autograd.set_detect_anomaly(cfg.trainer.detect_anomaly)  # the op that made a NaN
+    keep_freed_memory(cfg.trainer.keep_freed_memory)  # no page faults every step (memory.py)
     found = resolve_lr(cfg, device, rank)  # optimizer.lr=find: the range test's suggestion
     saved_split = checkpoint_split_manifest(paths, resumed) if resumed is not None else None
     parts = build_parts(cfg, device, rank, clock, saved_split)
     split_sha256 = record_split_manifest(paths, parts.splits, saved_split is None and rank.is_main)
-    checkpoint = cfg.checkpoint
-    checkpointer = Checkpointer(
-        paths.checkpoints,
-        cfg.monitor,
-        cfg.mode,
-        checkpoint.save_top_k,
-        checkpoint.save_safetensors,
-        checkpoint.on_error,
-        is_main=rank.is_main,
-    )
+    checkpointer = build_checkpointer(cfg, paths, rank)
     loggers = build_loggers(
         cfg,
         paths.root,
@@ -177,7 +171,7 @@ def setup(
         found,
         split_sha256,
     )
-    checkpointer.metadata = checkpoint_metadata(run)  # a resume may rewrite model.safetensors
+    checkpointer.checkpointer.metadata = checkpoint_metadata(run)  # resume may rewrite safetensors
     if resumed is not None:
         restore(resumed, run)
         warn_if_schedule_jumps(parts.stepper.scheduler, resumed, cfg.trainer.epochs)
@@ -192,23 +186,46 @@ def setup(
     return run
 
 
+def build_checkpointer(cfg: DictConfig, paths: RunPaths, rank: DistInfo) -> BackgroundCheckpointer:
+    """last/best/top-k files (engine/checkpointer.py), written by a thread while the next epoch
+    trains when checkpoint.background is on (engine/writer.py)."""
+    checkpoint = cfg.checkpoint
+    checkpointer = Checkpointer(
+        paths.checkpoints,
+        cfg.monitor,
+        cfg.mode,
+        checkpoint.save_top_k,
+        checkpoint.save_safetensors,
+        checkpoint.on_error,
+        is_main=rank.is_main,
+    )
+    return BackgroundCheckpointer(checkpointer, checkpoint.background)
+
+
 def fit(run: Run) -> None:
     """Epochs until `trainer.epochs`, each one recorded and checkpointed."""
     while run.loop.epoch < run.cfg.trainer.epochs:
         stop_early = run_epoch(run)
         if run.stop.requested:
+            run.checkpointer.wait()  # the epoch's checkpoint is on disk before the run stops
             raise run.stop.stopped()
         if stop_early:
-            trainer = run.cfg.trainer
-            log.info(
-                "Early stopping at epoch %d: %s has not improved by more than %s for %d epochs",
-                run.loop.epoch,
-                run.cfg.monitor,
-                trainer.min_delta,
-                trainer.patience,
-            )
-            run.summary["early_stopped"] = True
-            return
+            log_early_stop(run)
+            break
+    run.checkpointer.wait()  # the last epoch's write (engine/writer.py)
+    run.summary.update(best=run.checkpointer.best)
+
+
+def log_early_stop(run: Run) -> None:
+    trainer = run.cfg.trainer
+    log.info(
+        "Early stopping at epoch %d: %s has not improved by more than %s for %d epochs",
+        run.loop.epoch,
+        run.cfg.monitor,
+        trainer.min_delta,
+        trainer.patience,
+    )
+    run.summary["early_stopped"] = True
 
 
 def run_epoch(run: Run) -> bool:

@@ -170,7 +170,7 @@ def feature_loaders(
                 head,
                 loader.dataset,
                 cfg.data.batch_size,
-                cfg.data.num_workers,
+                loader.num_workers,
                 device,
                 split,
             )

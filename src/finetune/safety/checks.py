@@ -26,8 +26,11 @@ def check_config(cfg: DictConfig) -> None:
             raise FinetuneError(f"{key}={value} must be a positive integer")
     if cfg.mode not in ("min", "max"):
         raise FinetuneError(f"mode={cfg.mode} must be min or max")
-    if cfg.data.num_workers < 0:
-        raise FinetuneError(f"data.num_workers={cfg.data.num_workers} must be 0 or more")
+    workers = cfg.data.num_workers
+    if workers != "auto" and (
+        not isinstance(workers, int) or isinstance(workers, bool) or workers < 0
+    ):
+        raise FinetuneError(f"data.num_workers={workers} must be auto or an integer 0 or more")
     check_data_root(cfg.data)
 
 

@@ -1,0 +1,114 @@
+"""The decoded-image cache (data.cache): the tensors of decoding, remade when a file changes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from finetune.data import Preprocessing, build_loaders, build_splits
+from finetune.data import folders as folders_module
+from finetune.data.cache import cache_mode
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+PREP = Preprocessing(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
+
+
+def folder_cfg(root: Path, tmp_path: Path, **overrides) -> DictConfig:
+    cfg = OmegaConf.load(CONF_DIR / "data" / "image_folder.yaml")
+    settings = {"root": str(root), "image_size": 32, "augment": False, "num_workers": 0}
+    return OmegaConf.merge(cfg, {**settings, "cache_dir": str(tmp_path / "cache"), **overrides})
+
+
+def write_mixed_sizes(root: Path) -> Path:
+    """Images of several sizes and shapes (so resize and crop matter), 2 classes."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                shape = [(40, 30, 3), (20, 50, 3), (32, 32, 3), (64, 48, 3)][i % 4]
+                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(
+                    folder / f"{i}.png"
+                )
+    return root
+
+
+def items(cfg: DictConfig, split: str = "train") -> list[torch.Tensor]:
+    splits = build_splits(cfg, seed=0)
+    dataset = build_loaders(cfg, splits, PREP, 0, torch.device("cpu"))[split].dataset
+    return [dataset[i][0] for i in range(len(dataset))]
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_cached_tensors_equal_decoded_ones(tmp_path: Path, mode: str) -> None:
+    root = write_mixed_sizes(tmp_path / "images")
+    decoded = items(folder_cfg(root, tmp_path, cache="none"))
+    cfg = folder_cfg(root, tmp_path, cache=mode)
+    loaders = build_loaders(cfg, build_splits(cfg, seed=0), PREP, 0, torch.device("cpu"))
+    dataset = loaders["train"].dataset
+    first = [dataset[i][0] for i in range(len(dataset))]  # decoded, then kept
+    assert bool(dataset.decoded.filled.all())
+    second = [dataset[i][0] for i in range(len(dataset))]  # read from the cache
+    for plain, filled, read in zip(decoded, first, second, strict=True):
+        assert plain.dtype == torch.float32 and plain.shape == (3, 32, 32)
+        assert torch.equal(plain, filled) and torch.equal(plain, read)
+
+
+def test_disk_cache_is_reused_by_the_next_run_without_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = write_mixed_sizes(tmp_path / "images")
+    first = items(folder_cfg(root, tmp_path, cache="disk"))
+
+    def no_decoding(path: str, background: object) -> None:
+        raise AssertionError(f"{path} decoded again")
+
+    monkeypatch.setattr(folders_module, "load_image", no_decoding)
+    again = items(folder_cfg(root, tmp_path, cache="disk"))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_disk_cache_is_invalidated_when_a_file_changes(tmp_path: Path) -> None:
+    root = write_mixed_sizes(tmp_path / "images")
+    cfg = folder_cfg(root, tmp_path, cache="disk")
+    before = items(cfg)
+    splits = build_splits(cfg, seed=0)
+    changed = Path(splits.train.samples[0][0])
+    stat = changed.stat()
+    # Same size and shape, other pixels; the modification time moves on.
+    pixels = 255 - np.asarray(Image.open(changed))
+    Image.fromarray(pixels).save(changed)
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    after = items(cfg)
+    fresh = items(folder_cfg(root, tmp_path, cache="none"))
+    assert not torch.equal(before[0], after[0])
+    assert all(torch.equal(a, b) for a, b in zip(after, fresh, strict=True))
+    # train before and after the change, and val (unchanged, the same file for both runs)
+    assert len(list((tmp_path / "cache").glob("*.pixels"))) == 3
+
+
+def test_auto_caches_in_memory_only_what_fits_the_budget(tmp_path: Path) -> None:
+    root = write_mixed_sizes(tmp_path / "images")
+    splits = build_splits(folder_cfg(root, tmp_path), seed=0)
+    datasets = [splits.train, splits.val, splits.test]
+    # 16 images of 3 x 32 x 32 bytes: 48 KiB.
+    assert cache_mode(folder_cfg(root, tmp_path, cache_memory_mb=1), datasets, PREP) == "memory"
+    assert cache_mode(folder_cfg(root, tmp_path, cache_memory_mb=0.01), datasets, PREP) == "none"
+
+
+def test_unreadable_image_is_skipped_with_the_cache_on(tmp_path: Path) -> None:
+    root = write_mixed_sizes(tmp_path / "images")
+    (root / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    cfg = folder_cfg(root, tmp_path, cache="memory", on_bad_image="skip")
+    splits = build_splits(cfg, seed=0)
+    dataset = build_loaders(cfg, splits, PREP, 0, torch.device("cpu"))["train"].dataset
+    index = [path for path, _ in splits.train.samples].index(str(root / "train/a/broken.png"))
+    assert dataset[index] is None and dataset[index] is None
+    assert bool(splits.train.skipped[index]) and not bool(splits.train.decoded.filled[index])
