@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from finetune.engine.checkpoint import Checkpointer, model_state
+from finetune.engine.checkpoint import model_state
+from finetune.engine.checkpointer import Checkpointer
 from finetune.engine.writer import BackgroundCheckpointer
 from finetune.safety.errors import WriteFailed
 
