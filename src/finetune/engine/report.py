@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from finetune.data import Preprocessing, Splits
 from finetune.data.folders import collate_readable
+from finetune.data.loaders import worker_count
 from finetune.engine.build import Parts
 from finetune.engine.precision import autocast
 from finetune.engine.rundir import RunPaths
@@ -45,6 +46,11 @@ class Indexed(Dataset):
         return None if sample is None else (*sample, index)
 
 
+def kind_of(dataset: Dataset) -> str:
+    """Images held as tensors ("tensor", digits: no loader workers need them), or files ("pil")."""
+    return "tensor" if hasattr(dataset, "images") and not hasattr(dataset, "samples") else "pil"
+
+
 @torch.no_grad()  # not inference_mode: fitting the temperature needs autograd on these
 def split_outputs(
     model: nn.Module,
@@ -57,7 +63,7 @@ def split_outputs(
     loader = DataLoader(
         Indexed(dataset),
         batch_size=data_cfg.batch_size,
-        num_workers=data_cfg.num_workers,
+        num_workers=worker_count(data_cfg.num_workers, kind_of(dataset)),
         collate_fn=collate_readable,
     )
     model.eval()

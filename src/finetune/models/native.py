@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from torch import nn
 
-from finetune.engine.checkpoint import save_safetensors, unwrap
+from finetune.engine.checkpoint import model_state, save_safetensors, unwrap
 from finetune.models.factory import source_of
 from finetune.models.lora import merge_lora
 from finetune.models.source import ModelInfo
@@ -30,5 +30,5 @@ def save_native(
         model = merge_lora(copy.deepcopy(model))
         if cfg.checkpoint.save_safetensors:  # plain weights, as the source's tools expect
             metadata = {"model": cfg.model.name, "classes": ",".join(classes)}
-            save_safetensors(model, checkpoints / "model.safetensors", metadata)
+            save_safetensors(model_state(model), checkpoints / "model.safetensors", metadata)
     source_of(info.source).save_native(model, info, run_dir, checkpoints, classes)
