@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from finetune.records.predictions import Predictions
     from finetune.tasks.base import Task
 
@@ -38,6 +40,12 @@ class Logger:
 
     def log_images(self, tag: str, image: torch.Tensor, step: int) -> None:
         """One image, a float (3, H, W) tensor in [0, 1] (a grid is one image)."""
+
+    def log_figure(self, tag: str, figure: Figure, step: int) -> None:
+        """A matplotlib figure (the LR finder's plot), drawn to pixels once, logged as an image."""
+        from finetune.records.visuals import figure_to_image
+
+        self.log_images(tag, figure_to_image(figure), step)
 
     def log_histograms(self, model: nn.Module, epoch: int, step: int) -> None:
         """Weights and gradients (the last step's .grad, read after the epoch: no extra sync)."""
@@ -107,6 +115,10 @@ class Loggers(Logger):
     def log_images(self, tag: str, image: torch.Tensor, step: int) -> None:
         for backend in self.backends:
             backend.log_images(tag, image, step)
+
+    def log_figure(self, tag: str, figure: Figure, step: int) -> None:
+        for backend in self.backends:
+            backend.log_figure(tag, figure, step)
 
     def log_histograms(self, model: nn.Module, epoch: int, step: int) -> None:
         for backend in self.backends:
