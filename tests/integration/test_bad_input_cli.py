@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import error_lines
 
-from finetune.safety.errors import EXIT_BAD_INPUT
+from finetune.safety.errors import EXIT_BAD_INPUT, EXIT_DATA_FAILED
 
 # (overrides, text the error line must hold); {tree} is a tiny image tree prepared per case.
 CASES = {
@@ -77,7 +77,9 @@ def test_bad_input(case: str, tmp_path: Path, make_image_tree, run_train) -> Non
         own_dir=True,
     )
 
-    assert code == EXIT_BAD_INPUT, output[-3000:]
+    # An image found unreadable while training is a data fault (README: exit 6, data_error).
+    expected_code = EXIT_DATA_FAILED if case == "unreadable image" else EXIT_BAD_INPUT
+    assert code == expected_code, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     lines = error_lines(output)
     assert len(lines) == 1, f"not exactly one error line:\n{output[-3000:]}"

@@ -127,9 +127,9 @@ def test_load_model_and_export_refuse_a_planted_config(finished_run, tmp_path, p
     finally:
         sys.path.remove(str(REPO_ROOT / "scripts"))
     copy, marker = tampered_copy(finished_run, tmp_path, plant)
-    with pytest.raises(FinetuneError, match="refused|an option of timm"):
+    with pytest.raises(FinetuneError, match="refused|an option of the timm loader"):
         finetune.load_model(str(copy))
-    with pytest.raises(FinetuneError, match="refused|an option of timm"):
+    with pytest.raises(FinetuneError, match="refused|an option of the timm loader"):
         export.main([str(copy), "--out", str(tmp_path / "export"), "--formats", "torchscript"])
     assert not marker.exists() and not (tmp_path / "export").exists()
 
