@@ -87,7 +87,7 @@ def run_predict(ckpt: str, spec: str, settings: DictConfig, out: Path | None) ->
     inputs = gather_inputs(spec, class_names)
     kind = "tensor" if run_cfg.data.name.startswith("digits") else "pil"  # as load_model
     loader = DataLoader(
-        PredictImages(inputs.files, predict_transform(prep, kind)),
+        PredictImages(inputs.files, predict_transform(prep, kind, run_cfg.data)),
         batch_size=settings.batch_size,
         num_workers=settings.num_workers,
         collate_fn=collate_inputs,
