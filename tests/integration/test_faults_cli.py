@@ -128,7 +128,6 @@ def test_out_of_memory_is_one_line_with_the_batch_size(start_train_here, tmp_pat
     big = ("data.image_size=128", "trainer.limit_train_batches=2", "trainer.epochs=50")
     process = start_train_here(*TINY, *big, run_dir=run_dir)
     wait_for(run_dir / "checkpoints/last.pt", process)
-    saved = file_hash(run_dir / "checkpoints/last.pt")
     status = Path(f"/proc/{process.pid}/status").read_text()
     in_use_kb = int(next(x for x in status.splitlines() if x.startswith("VmSize")).split()[1])
     resource.prlimit(process.pid, resource.RLIMIT_AS, (in_use_kb * 1024, resource.RLIM_INFINITY))
@@ -138,8 +137,10 @@ def test_out_of_memory_is_one_line_with_the_batch_size(start_train_here, tmp_pat
     for fix in ("data.batch_size=32", "trainer.accumulate_grad_batches", "trainer.precision=bf16"):
         assert fix in line
     assert summary(run_dir)["status"] == "out_of_memory"
-    assert file_hash(run_dir / "checkpoints/last.pt") == saved  # nothing half-written
+    # Nothing half-written: a later epoch may have been saved before the cap bit (a race this
+    # test cannot close), so the promise checked is that last.pt loads and no temporary is left.
     assert load(run_dir / "checkpoints/last.pt")["epoch"] >= 1
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
     assert_whole_metrics(run_dir)
 
 

@@ -99,8 +99,10 @@ def test_auto_caches_in_memory_only_what_fits_the_budget(tmp_path: Path) -> None
     splits = build_splits(folder_cfg(root, tmp_path), seed=0)
     datasets = [splits.train, splits.val, splits.test]
     # 16 images of 3 x 32 x 32 bytes: 48 KiB.
-    assert cache_mode(folder_cfg(root, tmp_path, cache_memory_mb=1), datasets, PREP) == "memory"
-    assert cache_mode(folder_cfg(root, tmp_path, cache_memory_mb=0.01), datasets, PREP) == "none"
+    fits = folder_cfg(root, tmp_path, cache="auto", cache_memory_mb=1)
+    too_small = folder_cfg(root, tmp_path, cache="auto", cache_memory_mb=0.01)
+    assert cache_mode(fits, datasets, PREP) == "memory"
+    assert cache_mode(too_small, datasets, PREP) == "none"
 
 
 def test_unreadable_image_is_skipped_with_the_cache_on(tmp_path: Path) -> None:

@@ -1,4 +1,10 @@
-"""keep_freed_memory: a training step stops faulting its memory back in (a count, not a time)."""
+"""keep_freed_memory: a step-sized block comes from malloc's heap, not a fresh mapping.
+
+A fresh mapping is what costs: it is unmapped on free, and the next step faults every page of it
+back in. Fault counts themselves vary with the kernel (transparent huge pages) and with load (a
+CI run once saw more faults with the setting on), so the test checks the mechanism, which is
+deterministic: glibc's count of mmapped blocks (mallinfo2().hblks) while a 24 MiB block lives.
+"""
 
 from __future__ import annotations
 
@@ -9,40 +15,35 @@ import pytest
 
 from finetune.engine.memory import keep_freed_memory
 
-STEPS = """
-import resource, sys, timm, torch
+NEW_MAPPINGS_FOR_A_BLOCK = """
+import ctypes, sys, torch
 from finetune.engine.memory import keep_freed_memory
-torch.set_num_threads(1)
 keep_freed_memory(sys.argv[1] == "on")
-model = timm.create_model("test_resnet", num_classes=10)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-images, targets = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
-def step():
-    loss = torch.nn.functional.cross_entropy(model(images), targets)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-for _ in range(3):
-    step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in fields.split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+before = libc.mallinfo2().hblks
+block = torch.empty(6 * 2**20)  # 24 MiB of float32: a step's activations at a modest size
+print(libc.mallinfo2().hblks - before)
 """
 
 
-def faults_of_ten_steps(setting: str) -> int:
+def new_mappings(setting: str) -> int:
     result = subprocess.run(
-        [sys.executable, "-c", STEPS, setting], capture_output=True, text=True, check=True
+        [sys.executable, "-c", NEW_MAPPINGS_FOR_A_BLOCK, setting],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return int(result.stdout.split()[-1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_steps_fault_far_less_with_freed_memory_kept() -> None:
-    off, on = faults_of_ten_steps("off"), faults_of_ten_steps("on")
-    # Measured here: about 4,100 faults without, about 100 with.
-    assert on * 2 < off, (on, off)  # 3.4x fewer on CI (705 vs 2425), 10x on an idle machine
+def test_a_step_sized_block_comes_from_the_heap_with_freed_memory_kept() -> None:
+    assert new_mappings("off") == 1  # glibc's default: mmapped, and unmapped again on free
+    assert new_mappings("on") == 0
 
 
 def test_off_changes_nothing() -> None:
