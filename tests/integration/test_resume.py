@@ -189,12 +189,6 @@ def test_a_checkpoint_with_pickled_code_is_refused(run_train, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(
-    reason="seen failing (weights differ after the resume); suspected: persistent loader workers "
-    "keep epoch 1's augmentation RNG stream in the straight run, a resumed run seeds them afresh "
-    "at epoch 2; not yet checked whether data.cache=none fails the same way",
-    strict=False,
-)
 def test_resume_on_an_image_folder_with_the_decoded_cache_is_bitwise(
     run_train, tmp_path, image_tree
 ):

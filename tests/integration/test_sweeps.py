@@ -53,11 +53,6 @@ def overrides_of(run_dir: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open: the sweep's index.html is not written since monitor became ${task.monitor}; "
-    "the sweep callback sees the unresolved interpolation (issue 16)",
-    strict=False,
-)
 def test_grid_makes_a_run_dir_per_job_and_a_summary(run_train, tmp_path: Path) -> None:
     result = run_train(
         "-m", *TINY, f"paths.log_dir={tmp_path}", "optimizer.lr=0.001,0.01", "seed=0,1",

@@ -17,9 +17,9 @@ uint8 / 255 is what ToTensor computes).
 - `auto`: `memory` when the decoded images of all splits fit `data.cache_memory_mb`, else none.
 - `none`: decode every time, as without a cache.
 
-Training augmentation on the cached view is timm's default recipe applied to tensors
-(random resized crop, flip, colour jitter): the crops are taken from the centre-cropped view
-rather than from the full original file.
+Training augmentation on a cached view is the run's recipe (augment=...), given a PIL image of
+the view: its crops are taken from the centre-cropped view rather than from the full original
+file. Without augmentation, training reads the views as evaluation does.
 """
 
 from __future__ import annotations
@@ -108,10 +108,8 @@ def cache_mode(cfg: DictConfig, datasets: list[Any], prep: Any) -> str:
     return "memory" if needed_mb <= cfg.cache_memory_mb else "none"
 
 
-def attach_caches(
-    cfg: DictConfig, datasets: list[Any], prep: Any, augment: bool
-) -> tuple[Any, Any]:
-    """Give each image-folder dataset a cache and the view it keeps; (train, eval) transforms."""
+def attach_caches(cfg: DictConfig, datasets: list[Any], prep: Any) -> Any:
+    """Give each image-folder dataset a cache and the view it keeps; the views' eval transform."""
     from timm.data import create_transform
 
     timm_eval = create_transform(
@@ -121,7 +119,7 @@ def attach_caches(
         std=prep.std,
         interpolation=prep.interpolation,
     )
-    view, train_tf, eval_tf = decoded_transforms(timm_eval, prep, augment)
+    view, eval_tf = decoded_transforms(timm_eval)
     mode, size = cache_mode(cfg, datasets, prep), prep.image_size
     for dataset in dict.fromkeys(datasets):  # test may be val itself
         if mode == "memory":
@@ -133,7 +131,23 @@ def attach_caches(
         dataset.view = view
     where = sorted({d.decoded.where for d in datasets})
     log.info("Decoded images cached (data.cache=%s): %s", cfg.cache, ", ".join(where))
-    return train_tf, eval_tf
+    return eval_tf
+
+
+def train_transform_on_views(dataset: Any, recipe: Any, augmenting: bool) -> Any:
+    """The training transform of `dataset`, which may hand out cached views (uint8 tensors).
+
+    The recipe's transforms are written for PIL images: on a cached view they get a PIL image
+    of it again. Without augmentation the dataset keeps the views' eval transform, so training
+    reads bitwise what decoding would give.
+    """
+    if getattr(dataset, "decoded", None) is None:
+        return recipe
+    if not augmenting:
+        return dataset.transform
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.ToPILImage(), recipe])
 
 
 def pixels_of(image: Any) -> torch.Tensor:
@@ -146,28 +160,14 @@ def to_unit_float(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float().div(255)
 
 
-def decoded_transforms(timm_eval: Any, prep: Any, augment: bool) -> tuple[Any, Any, Any]:
-    """(view, train, eval): the PIL view to cache, and what turns it into the model's input.
+def decoded_transforms(timm_eval: Any) -> tuple[Any, Any]:
+    """(view, eval): the PIL view to cache, and what turns it into the model's input.
 
     `timm_eval` is timm's eval transform: its resize and crop make the view, its Normalize
-    ends both tensor transforms, so the eval input is the one decoding gives.
+    ends the tensor transform, so the eval input is the one decoding gives.
     """
-    from torchvision.transforms import InterpolationMode, v2
+    from torchvision.transforms import v2
 
     steps = list(timm_eval.transforms)
     view, normalize = v2.Compose(steps[:-2]), steps[-1]
-    eval_tf = v2.Compose([v2.Lambda(to_unit_float), normalize])
-    if not augment:
-        return view, eval_tf, eval_tf
-    known = prep.interpolation in ("bilinear", "bicubic", "nearest")
-    mode = InterpolationMode(prep.interpolation if known else "bilinear")
-    train_tf = v2.Compose(
-        [
-            v2.RandomResizedCrop(prep.image_size, interpolation=mode, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(0.4, 0.4, 0.4),
-            v2.Lambda(to_unit_float),
-            normalize,
-        ]
-    )
-    return view, train_tf, eval_tf
+    return view, v2.Compose([v2.Lambda(to_unit_float), normalize])

@@ -105,7 +105,7 @@ def build_loaders(
             dataset.use_mean(prep.mean)  # data.background=mean: the model's input mean
     if all(isinstance(d, ImageFiles) for d in folders) and cache_mode(cfg, folders, prep) != "none":
         # data.cache: each image decoded once; the transforms then work on uint8 tensors.
-        train_tf, eval_tf = attach_caches(cfg, folders, prep, cfg.augment)
+        train_tf = eval_tf = attach_caches(cfg, folders, prep)  # engine/build.py: the recipe
     else:
         train_tf, eval_tf = transforms_for(splits.kind, prep, cfg.augment)
     splits.train.transform = train_tf

@@ -17,7 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from finetune.data import Preprocessing, Splits, build_loaders, build_splits, resolve_preprocessing
-from finetune.data.augment import batch_mixer, check_mixing, train_transform
+from finetune.data.augment import augmenting, batch_mixer, check_mixing, train_transform
+from finetune.data.cache import train_transform_on_views
 from finetune.engine.distributed import DistInfo, wrap_ddp
 from finetune.engine.ema import build_ema, follow_structure
 from finetune.engine.loop import Stepper, steps_in_epoch
@@ -96,7 +97,10 @@ def build_parts(
         clock.mark("model")
     prep = resolve_preprocessing(model_info.preprocessing, cfg.data.image_size)
     loaders = build_loaders(cfg.data, splits, prep, cfg.seed, device, rank)
-    splits.train.transform = train_transform(cfg.augment, cfg.data, splits.kind, prep)
+    recipe = train_transform(cfg.augment, cfg.data, splits.kind, prep)
+    splits.train.transform = train_transform_on_views(
+        splits.train, recipe, augmenting(cfg.augment, cfg.data)
+    )
     model.to(device)
     if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -66,8 +66,11 @@ def run_labels(runs: list[Path]) -> list[str]:
 
 
 def monitored_metric(runs: list[Path], columns: list[dict[str, list[float]]]) -> str | None:
-    """The `monitor` of the first run's config, else its first val/ metric other than loss."""
-    config = read_yaml(runs[0] / ".hydra" / "config.yaml")
+    """The `monitor` of the first run's config, else its first val/ metric other than loss.
+
+    hparams.yaml, not .hydra/config.yaml: the latter keeps `monitor: ${task.monitor}` unresolved.
+    """
+    config = read_yaml(runs[0] / "hparams.yaml")
     if isinstance(config, dict) and config.get("monitor"):
         return str(config["monitor"])
     names = [k for k in columns[0] if k.startswith("val/") and k != "val/loss"]

@@ -24,7 +24,7 @@ def write_sweep_report(
     from finetune.records.report_page import write_sweep_page
 
     try:
-        curves = draw_curves(sweep_dir)
+        curves = draw_curves(sweep_dir, monitor)
         columns = [f"best {monitor}" if c == "best" else c for c in SHOWN]
         shown = [{**row, f"best {monitor}": row["best"]} for row in rows]
         page = write_sweep_page(
@@ -37,10 +37,10 @@ def write_sweep_report(
     return page
 
 
-def draw_curves(sweep_dir: Path) -> bytes | None:
+def draw_curves(sweep_dir: Path, monitor: str) -> bytes | None:
     """Every job's learning curves on one figure; None while no job has written metrics."""
     from finetune.records.curves import plot_runs
 
     if not any(sweep_dir.rglob("metrics.csv")):
         return None
-    return plot_runs([sweep_dir], sweep_dir / CURVES).read_bytes()
+    return plot_runs([sweep_dir], sweep_dir / CURVES, monitor).read_bytes()
