@@ -17,15 +17,23 @@ from finetune.safety.errors import FinetuneError
 from finetune.tasks.classification import Classification
 
 FIND = OmegaConf.create(
-    {"start_lr": 1e-5, "end_lr": 10.0, "num_steps": 60, "smoothing": 0.05, "diverge": 5.0}
+    {
+        "start_lr": 1e-5,
+        "end_lr": 10.0,
+        "num_steps": 60,
+        "smoothing": 0.05,
+        "diverge": 5.0,
+        "rule": "minimum",
+    }
 )
 
 
-def test_suggestion_is_the_steepest_descent() -> None:
+def test_suggestion_by_each_rule() -> None:
     lrs = [10 ** (-6 + i * 0.1) for i in range(60)]
-    # Flat, then falling fastest around 1e-3 (i = 30), then flat again.
-    losses = [2 - math.tanh((i - 30) / 4) for i in range(60)]
-    assert suggest(lrs, losses) == pytest.approx(lrs[30])
+    # Flat, falling fastest around 1e-3 (i = 30), lowest at 1e-1 (i = 50), then diverging.
+    losses = [2 - math.tanh((i - 30) / 4) + max(0, i - 50) ** 2 / 10 for i in range(60)]
+    assert suggest(lrs, losses, "steepest") == pytest.approx(lrs[30])
+    assert suggest(lrs, losses, "minimum") == pytest.approx(lrs[50] / 10)
 
 
 def test_sweep_runs_exponentially_and_stops_on_divergence() -> None:
@@ -58,3 +66,6 @@ def test_bad_bounds_are_named() -> None:
     bad = OmegaConf.merge(FIND, {"start_lr": 1.0, "end_lr": 0.1})
     with pytest.raises(FinetuneError, match="lr_find.start_lr=1.0 and lr_find.end_lr=0.1"):
         check_lr_find(OmegaConf.create({"lr_find": bad}))
+    unknown = OmegaConf.merge(FIND, {"rule": "valley"})
+    with pytest.raises(FinetuneError, match="lr_find.rule=valley must be one of minimum, steepest"):
+        check_lr_find(OmegaConf.create({"lr_find": unknown}))

@@ -2,8 +2,12 @@
 
 Train the configured model, data and freeze policy for `lr_find.num_steps` steps while the
 learning rate grows exponentially from `lr_find.start_lr` to `lr_find.end_lr`, and record the
-smoothed loss. The suggestion is the LR where the loss falls fastest (the steepest negative
-slope against log LR, as torch-lr-finder suggests), which a run takes directly:
+smoothed loss. The suggestion (`lr_find.rule`) is by default a tenth of the LR at the lowest
+smoothed loss (`minimum`, fastai's lr_min): the lowest loss is where training stops improving,
+and a tenth of it sits on the descent, safely below divergence. `steepest`, the LR where the
+loss falls fastest against log LR (torch-lr-finder's rule), often lands in the noisy early part
+of the curve or near its edge: on the default experiment it suggested 0.2 for AdamW, which
+does not train. A run takes the suggestion directly:
 `python train.py optimizer.lr=find`, or `optimizer.lr=<suggestion>` after
 `python scripts/lr_find.py`. The model and optimizer are built afresh for the test and thrown
 away, so the run that follows starts from the same weights it would have without it.
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 PLOT = "lr_find.png"
 # Points left out of the suggestion at either end: the start is noise, the end diverges.
 SKIP_START, SKIP_END = 10, 5
+RULES = ("minimum", "steepest")
 
 
 @dataclass
@@ -47,6 +52,8 @@ class RangeTest:
 def check_lr_find(cfg: DictConfig) -> None:
     """Bounds that make a range test: 0 < start < end, enough steps, smoothing in [0, 1)."""
     find = cfg.lr_find
+    if find.rule not in RULES:
+        raise FinetuneError(f"lr_find.rule={find.rule} must be one of {', '.join(RULES)}")
     if not 0 < find.start_lr < find.end_lr:
         raise FinetuneError(
             f"lr_find.start_lr={find.start_lr} and lr_find.end_lr={find.end_lr} must satisfy "
@@ -126,14 +133,14 @@ def sweep_lr(model: nn.Module, loader, stepper, find: DictConfig) -> RangeTest: 
             losses.append(smoothed)
             best = min(best, smoothed)
             if not math.isfinite(smoothed) or smoothed > find.diverge * best:
-                return RangeTest(lrs, losses, suggest(lrs, losses))
+                return RangeTest(lrs, losses, suggest(lrs, losses, find.rule))
             if len(lrs) >= find.num_steps:
                 break
-    return RangeTest(lrs, losses, suggest(lrs, losses))
+    return RangeTest(lrs, losses, suggest(lrs, losses, find.rule))
 
 
-def suggest(lrs: list[float], losses: list[float]) -> float:
-    """The LR of the steepest descent of the smoothed loss against log LR.
+def suggest(lrs: list[float], losses: list[float], rule: str) -> float:
+    """The suggested LR by `rule` (module docstring), from the smoothed losses.
 
     Too short a sweep (it diverged at once) suggests the lowest LR tried, with a warning.
     """
@@ -141,6 +148,9 @@ def suggest(lrs: list[float], losses: list[float]) -> float:
     if end - SKIP_START < 2:
         log.warning("the LR range test diverged within %d steps; lower lr_find.start_lr", end)
         return lrs[0]
+    if rule == "minimum":
+        lowest = min(range(SKIP_START, end), key=losses.__getitem__)
+        return lrs[lowest] / 10
     logs = [math.log10(lr) for lr in lrs]
     slopes = [
         (losses[i + 1] - losses[i - 1]) / (logs[i + 1] - logs[i - 1])
