@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from finetune.models.factory import build_model
 from finetune.models.freeze import Freezer
 from finetune.models.lora import add_lora, merge_lora
+from finetune.models.weights import load_state_dict_file
 from finetune.safety.errors import FinetuneError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -81,3 +82,24 @@ def test_no_linear_layer_to_adapt_names_the_key():
     model, info = build_model(cfg, num_classes=4)
     with pytest.raises(FinetuneError, match="freeze.target_modules"):
         add_lora(model, lora_cfg(), info)
+
+
+def test_a_lora_runs_checkpoint_loads_as_plain_weights(tmp_path):
+    """model.pretrained=<a freeze=lora run>: its adapters are folded into the plain weights."""
+    model, _ = lora_model(alpha=32)  # scaling 32 / 8 = 4
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()  # peft starts B at zero: an untrained adapter changes nothing
+    checkpoint = {
+        "config": {"freeze": OmegaConf.to_container(lora_cfg(alpha=32))},
+        "model_state_dict": model.state_dict(),
+    }
+    torch.save(checkpoint, tmp_path / "best.pt")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        adapted = model.eval()(images)
+    plain = timm.create_model("test_vit", num_classes=4, img_size=32).eval()
+    plain.load_state_dict(load_state_dict_file(tmp_path / "best.pt"))  # strict: every key fits
+    with torch.no_grad():
+        torch.testing.assert_close(plain(images), adapted, atol=1e-5, rtol=1e-5)

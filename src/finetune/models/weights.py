@@ -48,6 +48,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         except Exception as error:  # safetensors raises its own error types
             raise FinetuneError(f"{path} is not a readable safetensors file: {error}") from None
     obj = safe_torch_load(path)
+    scaling = lora_scaling(obj)
     if isinstance(obj, dict):
         for key in ("model_state_dict", "state_dict", "model"):
             if isinstance(obj.get(key), dict):
@@ -55,7 +56,24 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise FinetuneError(f"{path} holds no state dict of tensors")
-    return strip_wrapper_prefixes(obj)
+    state_dict = strip_wrapper_prefixes(obj)
+    if scaling is not None:  # a freeze=lora run of this project: its adapters folded in
+        from finetune.models.lora import fold_lora
+
+        state_dict = fold_lora(state_dict, scaling)
+    return state_dict
+
+
+def lora_scaling(checkpoint: object) -> float | None:
+    """alpha / rank of a freeze=lora run's checkpoint (numbers read as data); else None."""
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    freeze = config.get("freeze") if isinstance(config, dict) else None
+    if not isinstance(freeze, dict) or freeze.get("policy") != "lora":
+        return None
+    rank, alpha = freeze.get("rank"), freeze.get("alpha")
+    if not (isinstance(rank, int) and rank > 0 and isinstance(alpha, (int, float))):
+        raise FinetuneError("a freeze=lora checkpoint without a positive freeze.rank and alpha")
+    return alpha / rank
 
 
 def safe_torch_load(path: Path) -> object:
