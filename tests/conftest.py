@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -141,6 +142,26 @@ def run_train(tmp_path: Path) -> Callable[..., TrainResult]:
         return run_train_in(tmp_path, *overrides, **kwargs)
 
     return run
+
+
+def torchrun(base: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone train.py ...` on CPU (gloo), in the tests' environment."""
+    torchrun_bin = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun_bin) if torchrun_bin.exists() else shutil.which("torchrun"),
+        f"--nproc_per_node={nproc}",
+        "--standalone",
+        "train.py",
+        *args,
+    ]
+    return subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        env=train_env(base),
+        capture_output=True,
+        text=True,
+        timeout=TRAIN_TIMEOUT_S,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,20 @@ and no augmentation (whose random draws differ per process).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, RESUME_STATE_KEYS, TRAIN_TIMEOUT_S, state_differences, train_env
+from conftest import (
+    REPO_ROOT,
+    RESUME_STATE_KEYS,
+    TRAIN_TIMEOUT_S,
+    state_differences,
+    torchrun,
+    train_env,
+)
 
 TINY = (
     "model=test_resnet",
@@ -36,25 +42,6 @@ EQUIVALENT = (
     "trainer.progress_bar=false",
     "logger=csv",
 )
-
-
-def torchrun(base: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    torchrun_bin = Path(sys.executable).with_name("torchrun")
-    command = [
-        str(torchrun_bin) if torchrun_bin.exists() else shutil.which("torchrun"),
-        f"--nproc_per_node={nproc}",
-        "--standalone",
-        "train.py",
-        *args,
-    ]
-    return subprocess.run(
-        command,
-        cwd=REPO_ROOT,
-        env=train_env(base),
-        capture_output=True,
-        text=True,
-        timeout=TRAIN_TIMEOUT_S,
-    )
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """Every model source through the real entrypoint: a linear probe (freeze=backbone) from weights
 the test built, then full fine-tuning from that run; bitwise resume, eval equal to the recorded
-test metrics, exports that match; and LoRA on a tiny transformers ViT.
+test metrics, exports that match; and LoRA on a tiny transformers ViT. The probe runs as two
+DDP processes under bf16 autocast, so each source is also checked under torchrun and AMP.
 
 Weights are built here, never downloaded: torchvision's mobilenet_v3_small state dict saved to a
 file, a random transformers ViT (hidden 32, 2 layers, 32 px) saved with save_pretrained.
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONF_DIR, REPO_ROOT
+from conftest import CONF_DIR, REPO_ROOT, torchrun
 
 TINY = (
     "data.image_size=32",
@@ -88,13 +89,19 @@ def source(request, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def probe_run(source, train_in) -> Path:
-    """A linear probe (freeze=backbone) on the built weights."""
+def probe_run(source) -> Path:
+    """A linear probe (freeze=backbone) on the built weights: two DDP processes, bf16 autocast."""
     base = source["base"]
-    probe = train_in(
-        base, *TINY, *source["model"], "freeze=backbone", "trainer.epochs=1", run_dir=base / "probe"
+    probe = torchrun(
+        base,
+        *TINY,
+        *source["model"],
+        "freeze=backbone",
+        "trainer.epochs=1",
+        "trainer.precision=bf16",
+        f"hydra.run.dir={base / 'probe'}",
     )
-    assert probe.returncode == 0, probe.output[-3000:]
+    assert probe.returncode == 0, (probe.stdout + probe.stderr)[-3000:]
     return base / "probe"
 
 
@@ -133,6 +140,8 @@ def export(run_dir: Path, out: Path) -> int:
 
 def test_probe_trains_only_the_head_of_loaded_weights(source, probe_run):
     facts = hparams(probe_run)
+    config = yaml.safe_load((probe_run / "hparams.yaml").read_text())["config"]
+    assert facts["world_size"] == 2 and config["trainer"]["precision"] == "bf16"
     assert facts["model"]["source"] == source["name"] and facts["model"]["pretrained_loaded"]
     head = last_weights(probe_run)
     head_size = sum(

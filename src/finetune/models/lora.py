@@ -5,7 +5,7 @@ own class, module names and head: checkpoints hold the base weights plus `lora_A
 resume restores them bitwise. Only the adapters and the head train (the Freezer freezes the
 rest). Evaluation and export merge the adapters into the weights (`merge_lora`), which leaves a
 plain model of the source's own architecture. A LoRA run's checkpoint given as
-`model.pretrained=` is folded the same way from its tensors alone (`fold_lora`).
+`model.pretrained=` is folded the same way from its tensors alone (weights.fold_lora).
 
 Targets: `freeze.target_modules` (module names or suffixes, as peft takes them), or by default
 every Linear outside the head: in a ViT (timm, transformers, torchvision) that is the
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -86,25 +85,3 @@ def merge_lora(model: nn.Module) -> nn.Module:
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, module.get_base_layer())
     return model
-
-
-def fold_lora(state_dict: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
-    """A LoRA run's state dict as the plain model's: W + scaling * B @ A for each adapted layer.
-
-    peft keeps an adapted Linear's own weights under `<layer>.base_layer.` beside its
-    `<layer>.lora_A.default.weight` and `lora_B`; the plain model names them `<layer>.`.
-    `scaling` is the run's freeze.alpha / freeze.rank. Tensors only: no peft, no code.
-    """
-    folded = {}
-    for key, value in state_dict.items():
-        if ".lora_A." in key or ".lora_B." in key:
-            continue
-        layer, found, name = key.partition(".base_layer.")
-        if found:
-            down = state_dict.get(f"{layer}.lora_A.default.weight")
-            up = state_dict.get(f"{layer}.lora_B.default.weight")
-            if name == "weight" and down is not None and up is not None:
-                value = value + (scaling * (up.double() @ down.double())).to(value.dtype)
-            key = f"{layer}.{name}"
-        folded[key] = value
-    return folded

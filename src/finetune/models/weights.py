@@ -58,8 +58,6 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         raise FinetuneError(f"{path} holds no state dict of tensors")
     state_dict = strip_wrapper_prefixes(obj)
     if scaling is not None:  # a freeze=lora run of this project: its adapters folded in
-        from finetune.models.lora import fold_lora
-
         state_dict = fold_lora(state_dict, scaling)
     return state_dict
 
@@ -175,3 +173,25 @@ def load_exact(model: nn.Module, state_dict: dict[str, torch.Tensor], source: st
             f"{source} does not fit {type(model).__name__}: missing {missing[:6]}, "
             f"unexpected {unexpected[:6]}; check model.name and the number of classes"
         )
+
+
+def fold_lora(state_dict: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """A LoRA run's state dict as the plain model's: W + scaling * B @ A for each adapted layer.
+
+    peft keeps an adapted Linear's own weights under `<layer>.base_layer.` beside its
+    `<layer>.lora_A.default.weight` and `lora_B`; the plain model names them `<layer>.`.
+    `scaling` is the run's freeze.alpha / freeze.rank. Tensors only: no peft, no code.
+    """
+    folded = {}
+    for key, value in state_dict.items():
+        if ".lora_A." in key or ".lora_B." in key:
+            continue
+        layer, found, name = key.partition(".base_layer.")
+        if found:
+            down = state_dict.get(f"{layer}.lora_A.default.weight")
+            up = state_dict.get(f"{layer}.lora_B.default.weight")
+            if name == "weight" and down is not None and up is not None:
+                value = value + (scaling * (up.double() @ down.double())).to(value.dtype)
+            key = f"{layer}.{name}"
+        folded[key] = value
+    return folded
