@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from finetune.data.samplers import EpochSampler
 from finetune.engine.loop import Stepper
-from finetune.engine.lr_finder import RangeTest, check_lr_find, plot, suggest, sweep_lr
+from finetune.engine.lr_finder import RangeTest, centred, check_lr_find, plot, suggest, sweep_lr
 from finetune.safety.errors import FinetuneError
 from finetune.tasks.classification import Classification
 
@@ -24,6 +24,7 @@ FIND = OmegaConf.create(
         "smoothing": 0.05,
         "diverge": 5.0,
         "rule": "minimum",
+        "window": 5,
     }
 )
 
@@ -34,6 +35,14 @@ def test_suggestion_by_each_rule() -> None:
     losses = [2 - math.tanh((i - 30) / 4) + max(0, i - 50) ** 2 / 10 for i in range(60)]
     assert suggest(lrs, losses, "steepest") == pytest.approx(lrs[30])
     assert suggest(lrs, losses, "minimum") == pytest.approx(lrs[50] / 10)
+
+
+def test_the_curve_is_smoothed_without_shifting_its_minimum() -> None:
+    """A running average's lowest point trails the raw loss's; the centred window's does not."""
+    raw = [abs(i - 50) / 10 + 1 for i in range(100)]  # lowest at step 50
+    curve = centred(raw, 5)
+    assert min(range(100), key=curve.__getitem__) == 50
+    assert centred([1.0, 2.0, math.inf], 1) == [1.5, 1.5, 2.0]
 
 
 def test_sweep_runs_exponentially_and_stops_on_divergence() -> None:
