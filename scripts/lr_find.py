@@ -11,7 +11,6 @@ run directory, and prints the suggested LR with the train.py command that uses i
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -40,8 +39,6 @@ def main(cfg: DictConfig) -> float:
         loggers = build_loggers(cfg, run_dir, is_main=True)
         plot = lr_finder.record(result, cfg, run_dir, loggers)
         loggers.finish("completed")
-        record = {"suggestion": result.suggestion, "lrs": result.lrs, "losses": result.losses}
-        (run_dir / "lr_find.json").write_text(json.dumps(record, indent=1) + "\n")
         overrides = " ".join(a for a in sys.argv[1:] if not a.startswith(("lr_find.", "hydra.")))
         print(f"suggested lr: {result.suggestion:.3g} (plot: {plot})")
         print(f"train with it: python train.py {overrides} optimizer.lr={result.suggestion:.3g}")

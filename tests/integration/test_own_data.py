@@ -7,6 +7,7 @@ Runs are tiny (test_resnet at 16x16, a few batches an epoch), as in test_resume.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import torch
@@ -91,4 +92,8 @@ def test_lr_find_in_a_run_trains_with_its_suggestion(run_train):
 
     events = EventAccumulator(str(result.run_dir / "tensorboard")).Reload()
     assert "train/augmented" in events.Tags()["images"]
-    assert "lr_find/loss" in events.Tags()["scalars"]
+    assert "lr_find/plot" in events.Tags()["images"]
+    # No scalars at steps 0..N: W&B would then drop the run's own first N steps.
+    assert not [tag for tag in events.Tags()["scalars"] if tag.startswith("lr_find/")]
+    curve = json.loads((result.run_dir / "lr_find.json").read_text())
+    assert curve["suggestion"] == suggestion and len(curve["lrs"]) == len(curve["losses"])

@@ -15,6 +15,7 @@ away, so the run that follows starts from the same weights it would have without
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from torch import nn
 
 from finetune.engine.distributed import DistInfo, broadcast_from_main
 from finetune.engine.precision import autocast
+from finetune.safety.atomic import write_text
 from finetune.safety.errors import FinetuneError
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLOT = "lr_find.png"
+CURVE = "lr_find.json"
 # Points left out of the suggestion at either end: the start is noise, the end diverges.
 SKIP_START, SKIP_END = 10, 5
 RULES = ("minimum", "steepest")
@@ -205,11 +208,15 @@ def plot(result: RangeTest, title: str) -> Figure:
 
 
 def record(result: RangeTest, cfg: DictConfig, run_dir: Path, loggers) -> Path:  # noqa: ANN001
-    """lr_find.png in the run directory; the curve and the plot in TensorBoard/W&B."""
+    """lr_find.png and lr_find.json in the run directory; the plot in TensorBoard/W&B.
+
+    The curve is a picture and a file, not scalars at steps 0..N: W&B drops every point logged
+    at a step below one it has seen, so the run's own first N steps would vanish from it.
+    """
     figure = plot(result, f"LR range test: {cfg.model.name}, freeze={cfg.freeze.policy}")
     path = run_dir / PLOT
     figure.savefig(path)
-    for step, (lr, loss) in enumerate(zip(result.lrs, result.losses, strict=True)):
-        loggers.log_metrics({"lr_find/loss": loss, "lr_find/lr": lr}, step)
+    curve = {"suggestion": result.suggestion, "lrs": result.lrs, "losses": result.losses}
+    write_text(run_dir / CURVE, json.dumps(curve, indent=1) + "\n")
     loggers.log_figure("lr_find/plot", figure, 0)
     return path
