@@ -166,3 +166,14 @@ def test_weights_of_another_backbone_are_refused(tmp_path):
     save_file(other.state_dict(), str(tmp_path / "other.safetensors"))
     with pytest.raises(FinetuneError, match="fit neither this segmentation model nor its encoder"):
         build_model(smp_cfg(str(tmp_path / "other.safetensors")), 11)
+
+
+def test_freeze_backbone_freezes_the_encoder_and_trains_the_decoder(tmp_path):
+    from finetune.models.factory import build_model
+    from finetune.models.freeze import Freezer
+
+    model, info = build_model(smp_cfg("false"), 11)
+    freeze = OmegaConf.create({"policy": "backbone", "allow_random_backbone": True})
+    Freezer(model, freeze, info).apply(epoch=1)
+    for name, parameter in model.named_parameters():
+        assert parameter.requires_grad == (not name.startswith("encoder.")), name
