@@ -22,7 +22,6 @@ SEGMENTATION = (
     "data.batch_size=16",
     "trainer.limit_train_batches=3",
     "trainer.progress_bar=false",
-    "scheduler=none",  # the same schedule for 1+1 epochs resumed and 2 straight
     "logger=tensorboard",
     "logger.tensorboard.images=4",
     "logger.tensorboard.histogram_every_n_epochs=0",
@@ -67,12 +66,18 @@ def test_tensorboard_shows_overlays_and_the_pixel_confusion_matrix(segmentation_
     assert (overlay.width, overlay.height) == (3 * 34 + 2, 4 * 34 + 2)
 
 
-def test_it_resumes_bitwise(segmentation_run, run_train):
-    first = run_train(*SEGMENTATION, "trainer.epochs=1")
-    assert first.returncode == 0, first.output[-3000:]
-    resumed = run_train(f"resume={first.run_dir}", "trainer.epochs=2")
+def test_it_resumes_bitwise(segmentation_run, run_train, tmp_path):
+    """The run's epoch-1 checkpoint, resumed in a copy of the run, ends where the run ended."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(segmentation_run, copy)
+    (saved,) = (copy / "checkpoints").glob("epoch=001-*.pt")
+    epoch_one = shutil.copy(saved, copy / "checkpoints/epoch1.pt")  # no '=' for Hydra to parse
+    resumed = run_train(f"resume={epoch_one}", "trainer.epochs=2", run_dir=copy)
     assert resumed.returncode == 0, resumed.output[-3000:]
-    a = load(first.run_dir / "checkpoints/last.pt")
+    assert "epoch 2/2" in resumed.output and "epoch 1/2" not in resumed.output
+    a = load(copy / "checkpoints/last.pt")
     b = load(segmentation_run / "checkpoints/last.pt")
     assert a["model_state_dict"].keys() == b["model_state_dict"].keys()
     assert all(torch.equal(a["model_state_dict"][k], v) for k, v in b["model_state_dict"].items())
