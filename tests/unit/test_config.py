@@ -64,13 +64,19 @@ def check_group(cfg: DictConfig, group: str, option: str) -> None:
         import timm
         import torchvision
 
-        assert cfg.model.source in ("timm", "torchvision", "hf")
-        if cfg.model.source == "timm":
+        assert cfg.model.source in ("timm", "torchvision", "hf", "smp")
+        if cfg.model.source == "smp":  # segmentation: an architecture over an encoder
+            import segmentation_models_pytorch as smp
+
+            assert cfg.model.name.lower() in smp.MODEL_ARCHITECTURES_MAPPING, cfg.model.name
+            assert cfg.model.encoder in smp.encoders.get_encoder_names(), cfg.model.encoder
+            assert cfg.model.encoder_weights in (None, "imagenet")
+        elif cfg.model.source == "timm":
             assert timm.is_model(cfg.model.name), cfg.model.name
         elif cfg.model.source == "torchvision":
             assert cfg.model.name in torchvision.models.list_models(module=torchvision.models)
         assert str(cfg.model.pretrained).lower() in ("auto", "true", "false")
-        assert cfg.model.drop_path_rate >= 0
+        assert cfg.model.source == "smp" or cfg.model.drop_path_rate >= 0
         assert isinstance(OmegaConf.to_container(cfg.model.kwargs, resolve=True), dict)
     elif group == "data":
         assert cfg.data.name == option

@@ -45,6 +45,10 @@ def train_transform(augment: DictConfig, data: DictConfig, kind: str, prep: Prep
     """The training transform of the recipe; the evaluation one when augmentation is off."""
     if not augmenting(augment, data):
         return transforms_for(kind, prep, augment=False)[1]
+    if kind == "mask":  # images with masks: the same crop and flip on both (data/masks.py)
+        from finetune.data.masks import mask_train_transform
+
+        return mask_train_transform(data, prep)
     if kind == "pil":
         from timm.data import create_transform
 

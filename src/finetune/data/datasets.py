@@ -11,10 +11,12 @@ from typing import Any
 from omegaconf import DictConfig
 
 from finetune.data.cifar import cifar10_splits
+from finetune.data.digit_canvases import digit_canvases_splits
 from finetune.data.digits import digits_splits
 from finetune.data.digits_multilabel import digits_multilabel_splits
 from finetune.data.folders import image_folder_splits
 from finetune.data.manifest import follow_manifest
+from finetune.data.mask_folder import mask_folder_splits
 from finetune.data.multilabel_table import multilabel_table_splits
 from finetune.data.splits import Splits, check_folds
 from finetune.data.tables import image_table_splits
@@ -27,6 +29,8 @@ BUILDERS = {
     "digits_multilabel": digits_multilabel_splits,
     "multilabel_table": multilabel_table_splits,
     "image_table": image_table_splits,
+    "digit_canvases": digit_canvases_splits,
+    "mask_folder": mask_folder_splits,
 }
 
 

@@ -56,7 +56,15 @@ def resolve_preprocessing(source_prep: dict[str, Any], image_size: int) -> Prepr
 
 
 def transforms_for(kind: str, prep: Preprocessing, augment: bool) -> tuple[Any, Any]:
-    """(train, eval) transforms: timm's standard ones for PIL images, tensor ones for digits."""
+    """(train, eval) transforms: timm's standard ones for PIL images, tensor ones for digits.
+
+    Images with masks (kind "mask") get joint ones; their training augmentation is the data
+    config's (augment.train_transform), so here both are the evaluation transform.
+    """
+    if kind == "mask":
+        from finetune.data.masks import mask_eval_transform
+
+        return mask_eval_transform(prep), mask_eval_transform(prep)
     if kind == "pil":
         from timm.data import create_transform
 

@@ -160,11 +160,9 @@ def report_at_end_of_run(paths: RunPaths, parts: Parts, cfg: DictConfig) -> str 
 def has_report(task: Task) -> bool:
     """The report (confusion, top losses by cross-entropy, temperature) is single-label's.
 
-    Other tasks get none yet (said once); a task-drawn report is the seam to add.
+    Other tasks get none yet (said once); the task says which (Task.has_report).
     """
-    from finetune.tasks.classification import Classification
-
-    if isinstance(task, Classification):
+    if task.has_report:
         return True
     log.info(
         "No report for task %s: the report is drawn for classification only", type(task).__name__

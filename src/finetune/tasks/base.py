@@ -86,6 +86,12 @@ class Task:
         """A target or a decision in words, for captions and prediction rows."""
         raise NotImplementedError
 
+    @property
+    def has_report(self) -> bool:
+        """Whether the run report (engine/report.py: confusion, top losses, calibration) is drawn
+        for this task; it is single-label classification's so far."""
+        return False
+
     def pictures(self, predictions: Predictions, images: int, epoch: int) -> dict[str, Any]:
         """Tag -> picture (a float (3, H, W) tensor in [0, 1]) of a validation pass."""
         from finetune.records.visuals import labelled_grid

@@ -51,6 +51,10 @@ class Classification(Task):
     def label_text(self, value: torch.Tensor) -> str:
         return self.class_names[int(value)]
 
+    @property
+    def has_report(self) -> bool:
+        return True
+
     def pictures(self, predictions: Predictions, images: int, epoch: int) -> dict[str, Any]:
         from finetune.records.visuals import confusion_image
 

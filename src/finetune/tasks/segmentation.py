@@ -1,0 +1,97 @@
+"""Semantic segmentation: a class per pixel, softmax over classes, smp models (models/smp.py).
+
+Targets are (H, W) masks of class indices; pixels equal to `data.ignore_index` count in no loss
+and no metric. Metrics are torchmetrics' over every pixel of a split: mean IoU (the default
+monitor, `val/miou`), Dice (pixel F1, macro), pixel accuracy, and the IoU of each class
+(`val/iou_<class>`, in summary.json and the HParams table). Pictures: image | true | predicted
+overlays of a fixed set of validation images, and the pixel confusion matrix.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torchmetrics import MetricCollection
+
+from finetune.tasks.base import Task
+
+if TYPE_CHECKING:
+    from finetune.records.predictions import Predictions
+
+
+class Segmentation(Task):
+    @property
+    def ignore_index(self) -> int:
+        return int(self.cfg.data.ignore_index)
+
+    def metrics(self) -> MetricCollection:
+        from torchmetrics.classification import (
+            MulticlassAccuracy,
+            MulticlassF1Score,
+            MulticlassJaccardIndex,
+        )
+        from torchmetrics.wrappers import ClasswiseWrapper
+
+        n, ignore = self.num_outputs, self.ignore_index
+        per_class = MulticlassJaccardIndex(num_classes=n, average="none", ignore_index=ignore)
+        return MetricCollection(
+            {
+                "miou": MulticlassJaccardIndex(num_classes=n, average="macro", ignore_index=ignore),
+                "dice": MulticlassF1Score(num_classes=n, average="macro", ignore_index=ignore),
+                "pixel_acc": MulticlassAccuracy(
+                    num_classes=n, average="micro", ignore_index=ignore
+                ),
+                "iou": ClasswiseWrapper(per_class, labels=self.safe_names(), prefix="iou_"),
+            },
+            compute_groups=False,
+        )
+
+    def safe_names(self) -> list[str]:
+        """Class names as metric-name parts (no slashes or spaces)."""
+        return [name.replace("/", "_").replace(" ", "_") for name in self.class_names]
+
+    def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each image's cross-entropy averaged over its labelled pixels, summed over the batch."""
+        ce = torch.nn.functional.cross_entropy(
+            logits, targets, ignore_index=self.ignore_index, reduction="none"
+        )
+        labelled = (targets != self.ignore_index).sum(dim=(1, 2)).clamp(min=1)
+        return (ce.sum(dim=(1, 2)) / labelled).sum()
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(dim=1)
+
+    def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
+        return probabilities.argmax(dim=1)
+
+    def label_text(self, value: torch.Tensor) -> str:
+        """A mask in words: the classes it shows."""
+        present = [int(c) for c in value.unique() if int(c) != self.ignore_index]
+        return "+".join(self.class_names[c] for c in present) or "(none)"
+
+    def pictures(self, predictions: Predictions, images: int, epoch: int) -> dict[str, Any]:
+        from finetune.records.overlays import overlay_grid, pixel_confusion_image
+
+        pictures = {"val/confusion_matrix": pixel_confusion_image(predictions, epoch, self)}
+        if images:
+            pictures["val/overlays"] = overlay_grid(predictions, images, self.ignore_index)
+        return pictures
+
+    def prediction_rows(
+        self, names: list[str], probabilities: torch.Tensor, top_k: int
+    ) -> list[dict[str, Any]]:
+        """file, then the fraction of the image's pixels predicted as each class."""
+        rows = []
+        for name, probs in zip(names, probabilities, strict=True):
+            counts = torch.bincount(probs.argmax(dim=0).flatten(), minlength=self.num_outputs)
+            fractions = (counts.float() / counts.sum()).tolist()
+            row: dict[str, Any] = {"file": name}
+            row.update(
+                {
+                    f"pixels_{c}": round(f, 6)
+                    for c, f in zip(self.class_names, fractions, strict=True)
+                }
+            )
+            rows.append(row)
+        return rows

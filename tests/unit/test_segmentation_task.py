@@ -1,0 +1,42 @@
+"""task=segmentation: what it brings (loss, model, data, monitor), and its metrics and
+evaluation loss leave ignore_index pixels out."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import compose_train
+
+from finetune.tasks.base import build_task
+from finetune.tasks.loss_sum import LossSum
+from finetune.tasks.segmentation import Segmentation
+
+NAMES = ["background", "a", "b"]
+
+
+def test_segmentation_brings_its_loss_model_data_and_monitor_and_overrides_win(tmp_path):
+    cfg = compose_train(tmp_path, "task=segmentation")
+    task = build_task(cfg, NAMES)
+    assert isinstance(task, Segmentation) and not task.has_report
+    assert (cfg.model.source, cfg.data.name, cfg.monitor) == ("smp", "digit_canvases", "val/miou")
+    assert isinstance(task.loss(train=None), LossSum)
+    cfg = compose_train(tmp_path, "task=segmentation", "model=fpn", "loss=dice")
+    assert cfg.model.name == "FPN" and cfg.loss._target_.endswith("DiceLoss")
+    assert build_task(compose_train(tmp_path), NAMES).has_report  # classification's report
+
+
+def test_ignored_pixels_count_in_no_metric_and_no_loss(tmp_path):
+    task = build_task(compose_train(tmp_path, "task=segmentation"), NAMES)
+    targets = torch.tensor([[[0, 1], [2, 255]]])
+    logits = torch.full((1, 3, 2, 2), -10.0)
+    for (row, col), label in {(0, 0): 0, (0, 1): 1, (1, 0): 2, (1, 1): 1}.items():
+        logits[0, label, row, col] = 10.0
+    metrics = task.metrics()
+    metrics.update(task.probabilities(logits), targets)
+    results = {k: float(v) for k, v in metrics.compute().items()}
+    assert results["miou"] == pytest.approx(1.0) and results["pixel_acc"] == pytest.approx(1.0)
+    assert {"iou_background", "iou_a", "iou_b"} <= set(results)
+    # The evaluation loss: each image's mean over its labelled pixels (three here), the ignored
+    # one left out: uniform logits cost ln 3 per labelled pixel, so the image's mean is ln 3.
+    uniform = torch.zeros(1, 3, 2, 2)
+    assert float(task.loss_sum(uniform, targets)) == pytest.approx(float(torch.tensor(3.0).log()))
