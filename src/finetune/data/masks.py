@@ -13,14 +13,15 @@ what class counts, the split manifest and stratification read without decoding m
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from finetune.data.loaders import Preprocessing
+if TYPE_CHECKING:
+    from finetune.data.loaders import Preprocessing
 
 
 class MaskedImages(Dataset):
