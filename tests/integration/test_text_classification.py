@@ -65,7 +65,8 @@ def test_best_weights_open_in_transformers_with_their_tokenizer(text_run):
     texts = ["the kettle is not great.", "overall, the lamp arrived on monday in a grey box."]
     encoded = hf_tokenizer(texts, padding=True, return_tensors="pt")
     assert encoded["input_ids"].tolist() == tokenizer(texts, padding=True)["input_ids"]
-    packed = torch.stack([encoded["input_ids"], encoded["token_type_ids"]], dim=1)
+    types = encoded.get("token_type_ids", torch.zeros_like(encoded["input_ids"]))
+    packed = torch.stack([encoded["input_ids"], types], dim=1)
     with torch.no_grad():
         ours = model(packed)
         theirs = hf_model(**encoded).logits
