@@ -19,7 +19,9 @@ from finetune.data.manifest import follow_manifest
 from finetune.data.mask_folder import mask_folder_splits
 from finetune.data.multilabel_table import multilabel_table_splits
 from finetune.data.splits import Splits, check_folds
+from finetune.data.synthetic_reviews import synthetic_reviews_splits
 from finetune.data.tables import image_table_splits
+from finetune.data.text import text_table_splits
 from finetune.safety.errors import FinetuneError
 
 BUILDERS = {
@@ -31,6 +33,8 @@ BUILDERS = {
     "image_table": image_table_splits,
     "digit_canvases": digit_canvases_splits,
     "mask_folder": mask_folder_splits,
+    "synthetic_reviews": synthetic_reviews_splits,
+    "text_table": text_table_splits,
 }
 
 

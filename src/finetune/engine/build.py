@@ -16,9 +16,8 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from finetune.data import Preprocessing, Splits, build_loaders, build_splits, resolve_preprocessing
-from finetune.data.augment import augmenting, batch_mixer, check_mixing, train_transform
-from finetune.data.cache import train_transform_on_views
+from finetune.data import Preprocessing, Splits, build_splits
+from finetune.data.augment import batch_mixer, check_mixing
 from finetune.engine.distributed import DistInfo, wrap_ddp
 from finetune.engine.ema import build_ema, follow_structure
 from finetune.engine.loop import Stepper, steps_in_epoch
@@ -89,18 +88,15 @@ def build_parts(
     check_cache_features(cfg)
     splits = build_splits(cfg.data, cfg.seed, split_manifest)
     task = build_task(cfg, splits.class_names)
+    task.attach(splits)
     model, model_info = task.build_model(cfg.model)
     check_freeze(cfg.freeze, model_info.pretrained_loaded)
     if cfg.freeze.policy == "lora":
         add_lora(model, cfg.freeze, model_info)
     if clock:
         clock.mark("model")
-    prep = resolve_preprocessing(model_info.preprocessing, cfg.data.image_size)
-    loaders = build_loaders(cfg.data, splits, prep, cfg.seed, device, rank)
-    recipe = train_transform(cfg.augment, cfg.data, splits.kind, prep)
-    splits.train.transform = train_transform_on_views(
-        splits.train, recipe, augmenting(cfg.augment, cfg.data)
-    )
+    prep = task.preprocessing(model_info, cfg.data)
+    loaders = task.data_loaders(cfg, splits, prep, device, rank)
     model.to(device)
     if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)

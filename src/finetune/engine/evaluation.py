@@ -16,13 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from finetune.data import (
-    Preprocessing,
-    Splits,
-    build_loaders,
-    build_splits,
-    resolve_preprocessing,
-)
+from finetune.data import Preprocessing, Splits, build_splits
+from finetune.data.samplers import SINGLE_PROCESS
 from finetune.engine.setup import pick_device
 from finetune.models.weights import run_or_file, safe_torch_load
 from finetune.safety.errors import FinetuneError, one_line
@@ -41,11 +36,13 @@ def model_from_checkpoint(
 ) -> tuple[nn.Module, Preprocessing, DictConfig]:
     """The trained model in eval mode (LoRA adapters merged), its preprocessing and run config.
 
-    The model is rebuilt by its source without pretrained weights (the checkpoint has them).
+    The model is rebuilt by its task and source without pretrained weights (the checkpoint
+    has them); what the task kept in the run directory (a trained tokenizer) is read from the
+    directory of `source`, the checkpoint file.
     """
     from finetune.engine.state import check_format
-    from finetune.models.factory import build_model
     from finetune.models.lora import add_lora, merge_lora
+    from finetune.tasks.base import build_task
 
     if not isinstance(state, dict) or "config" not in state or "model_state_dict" not in state:
         raise FinetuneError(
@@ -56,7 +53,10 @@ def model_from_checkpoint(
     cfg = trusted_config(state["config"], source)
     classes = num_classes or len(state["classes"])
     model_cfg = OmegaConf.merge(cfg.model, {"pretrained": False})
-    model, info = build_model(model_cfg, classes)
+    saved = list(state["classes"])
+    task = build_task(cfg, saved if len(saved) == classes else [str(i) for i in range(classes)])
+    task.reopen(Path(source).parent.parent)
+    model, info = task.build_model(model_cfg)
     if cfg.freeze.policy == "lora":
         add_lora(model, cfg.freeze, info)
     try:
@@ -68,7 +68,7 @@ def model_from_checkpoint(
         ) from None
     if cfg.freeze.policy == "lora":
         merge_lora(model)
-    return model.eval(), resolve_preprocessing(info.preprocessing, cfg.data.image_size), cfg
+    return model.eval(), task.preprocessing(info, cfg.data), cfg
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
@@ -90,10 +90,12 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     splits = splits_to_evaluate(data_cfg, "data" in cfg, state, path)
     model, prep, _ = model_from_checkpoint(state, str(path), len(splits.class_names))
     device = pick_device(cfg.device)
-    loaders = build_loaders(data_cfg, splits, prep, run_cfg.seed, device)
+    task = build_task(run_cfg, splits.class_names)
+    task.reopen(path.parent.parent)
+    loader_cfg = OmegaConf.merge(run_cfg, {"data": data_cfg})
+    loaders = task.data_loaders(loader_cfg, splits, prep, device, SINGLE_PROCESS)
     if cfg.split not in loaders:
         raise FinetuneError(f"split={cfg.split} must be one of {sorted(loaders)}")
-    task = build_task(run_cfg, splits.class_names)
     metrics = task.metrics().to(device)
     results = evaluate(model.to(device), loaders[cfg.split], task, metrics, device, cfg.split, None)
     out = path.with_name(f"{path.stem}.eval-{cfg.split}.json")

@@ -14,7 +14,7 @@ from torch import nn
 
 class LoadedModel(NamedTuple):
     model: nn.Module  # in eval mode, on the CPU
-    transform: Any  # PIL image -> input tensor, as in the run's evaluation
+    transform: Any  # PIL image -> input tensor as in the run's evaluation; or the tokenizer
     classes: list[str]
 
 
@@ -26,5 +26,9 @@ def load_model(path: str) -> LoadedModel:
     checkpoint = checkpoint_path(str(path))
     state = safe_torch_load(checkpoint)
     model, prep, cfg = model_from_checkpoint(state, str(checkpoint))
+    classes = list(state["classes"])
+    tokenizer = getattr(model, "tokenizer", None)  # a text model's: its input transform
+    if tokenizer is not None:
+        return LoadedModel(model, tokenizer, classes)
     kind = "tensor" if cfg.data.name.startswith("digits") else "pil"  # the embedded sets
-    return LoadedModel(model, predict_transform(prep, kind, cfg.data), list(state["classes"]))
+    return LoadedModel(model, predict_transform(prep, kind, cfg.data), classes)

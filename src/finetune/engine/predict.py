@@ -25,8 +25,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from finetune.data.inputs import InputFiles, PredictImages, collate_inputs, gather_inputs
-from finetune.engine.evaluation import checkpoint_path, model_from_checkpoint, predict_transform
+from finetune.data.inputs import InputFiles
+from finetune.engine.evaluation import checkpoint_path, model_from_checkpoint
 from finetune.engine.setup import pick_device
 from finetune.models.weights import safe_torch_load
 from finetune.records.prediction_files import add_truth, contact_sheet, write_rows
@@ -81,17 +81,11 @@ def run_predict(ckpt: str, spec: str, settings: DictConfig, out: Path | None) ->
     check_settings(settings)
     path = checkpoint_path(ckpt)
     state = safe_torch_load(path)
-    model, prep, run_cfg = model_from_checkpoint(state)
+    model, prep, run_cfg = model_from_checkpoint(state, str(path))
     class_names = list(state["classes"])
     task = build_task(run_cfg, class_names)  # what the outputs mean and how rows look
-    inputs = gather_inputs(spec, class_names)
-    kind = "tensor" if run_cfg.data.name.startswith("digits") else "pil"  # as load_model
-    loader = DataLoader(
-        PredictImages(inputs.files, predict_transform(prep, kind, run_cfg.data)),
-        batch_size=settings.batch_size,
-        num_workers=settings.num_workers,
-        collate_fn=collate_inputs,
-    )
+    task.reopen(path.parent.parent)
+    inputs, loader = task.prediction_inputs(spec, prep, run_cfg.data, settings)
     forward = build_forward(settings, model, path)
     temperature = resolve_temperature(settings.temperature, path)
     probs, indices, errors = predict_probs(loader, forward, task, settings, temperature)
@@ -220,7 +214,7 @@ def write_outputs(
         result.files["unreadable"] = write_rows(unreadable, result.unreadable, ["file", "error"])
     else:
         unreadable.unlink(missing_ok=True)  # from an earlier prediction into the same folder
-    shown = min(sheet_images, len(result.rows))
+    shown = min(sheet_images, len(result.rows), len(inputs.files))  # texts have no files
     if shown:
         files = [inputs.files[i] for i in indices[:shown]]
         result.files["sheet"] = contact_sheet(out / "contact_sheet.png", files, result.rows[:shown])

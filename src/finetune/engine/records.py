@@ -89,7 +89,7 @@ def record_start(run: Run) -> None:
             run.loggers, parts.splits.train, augment.grid_images, parts.stepper.mix, prep
         )
     write_hparams(run.paths, run.cfg, facts)
-    log_to_file_only(model_summary(parts.model, parts.prep.image_size, parts.device))
+    log_to_file_only(model_summary(parts.model, parts.task.example_input(parts.prep), parts.device))
 
 
 def describe(run: Run) -> None:

@@ -165,6 +165,6 @@ def has_report(task: Task) -> bool:
     if task.has_report:
         return True
     log.info(
-        "No report for task %s: the report is drawn for classification only", type(task).__name__
+        "No report for task %s: the report is drawn for image classification", type(task).__name__
     )
     return False

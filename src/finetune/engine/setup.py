@@ -40,14 +40,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_summary(model: nn.Module, image_size: int, device: torch.device) -> str:
-    """torchinfo's layer table, for train.log."""
+def model_summary(model: nn.Module, example: torch.Tensor, device: torch.device) -> str:
+    """torchinfo's layer table of a forward pass on `example` (the task's), for train.log."""
     from torchinfo import summary
 
     was_training = model.training
     table = summary(
         model,
-        input_size=(1, 3, image_size, image_size),
+        input_data=[example.to(device)],
         device=device,
         verbose=0,
         depth=3,

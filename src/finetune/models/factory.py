@@ -20,7 +20,7 @@ from torch import nn
 from finetune.models.source import ModelInfo
 from finetune.safety.errors import FinetuneError
 
-SOURCES = ("timm", "torchvision", "hf", "smp")
+SOURCES = ("timm", "torchvision", "hf", "smp", "hf_text")
 
 __all__ = ["SOURCES", "ModelInfo", "build_model", "count_parameters", "source_of"]
 

@@ -84,11 +84,12 @@ class Predictions:
         self.parts["preds"].append(decisions.detach())
         if self.max_pr_classes:
             self.parts["probs"].append(probabilities.detach()[:, : self.max_pr_classes])
-        take = min(self.max_images - self.kept_images, images.shape[0])
+        pixels = images.is_floating_point()  # token ids (texts) are no pictures
+        take = min(self.max_images - self.kept_images, images.shape[0]) if pixels else 0
         if take > 0:
             self.parts["images"].append(images[:take].detach())
             self.kept_images += take
-        take = min(self.max_features - self.kept_features, images.shape[0])
+        take = min(self.max_features - self.kept_features, images.shape[0]) if pixels else 0
         if take > 0 and self.batch_features is not None:
             self.parts["features"].append(self.batch_features[:take].detach().flatten(1))
             small = F.interpolate(images[:take].float(), size=(SPRITE_SIZE, SPRITE_SIZE))

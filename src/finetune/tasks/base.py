@@ -12,6 +12,7 @@ checkpoint or a run directory.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,8 +24,12 @@ from finetune.data.splits import labels_of
 from finetune.tasks.losses import build_loss
 
 if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
     from torchmetrics import MetricCollection
 
+    from finetune.data import Preprocessing, Splits
+    from finetune.data.inputs import InputFiles
+    from finetune.engine.distributed import DistInfo
     from finetune.models.factory import ModelInfo
     from finetune.records.predictions import Predictions
 
@@ -40,11 +45,47 @@ class Task:
     def num_outputs(self) -> int:
         return len(self.class_names)
 
+    def attach(self, splits: Splits) -> None:
+        """See the data before the model is built (a text task trains its tokenizer here)."""
+
+    def reopen(self, run_dir: Path) -> None:
+        """Read what `attach` kept in a finished run's directory (eval, predict, load_model)."""
+
     def build_model(self, model_cfg: DictConfig) -> tuple[nn.Module, ModelInfo]:
         """The model from its source, with an output layer of `num_outputs`."""
         from finetune.models.factory import build_model
 
         return build_model(model_cfg, num_classes=self.num_outputs)
+
+    def data_loaders(
+        self,
+        cfg: DictConfig,
+        splits: Splits,
+        prep: Preprocessing,
+        device: torch.device,
+        rank: DistInfo,
+    ) -> dict[str, DataLoader]:
+        """Seeded train/val/test loaders of images preprocessed as `prep` says."""
+        from finetune.data import build_loaders
+        from finetune.data.augment import augmenting, train_transform
+        from finetune.data.cache import train_transform_on_views
+
+        loaders = build_loaders(cfg.data, splits, prep, cfg.seed, device, rank)
+        recipe = train_transform(cfg.augment, cfg.data, splits.kind, prep)
+        splits.train.transform = train_transform_on_views(
+            splits.train, recipe, augmenting(cfg.augment, cfg.data)
+        )
+        return loaders
+
+    def preprocessing(self, model_info: ModelInfo, data_cfg: DictConfig) -> Preprocessing:
+        """Input statistics the model expects (the source's), at `data.image_size`."""
+        from finetune.data import resolve_preprocessing
+
+        return resolve_preprocessing(model_info.preprocessing, data_cfg.image_size)
+
+    def example_input(self, prep: Preprocessing) -> torch.Tensor:
+        """One model input of the right shape and type (for the model summary in train.log)."""
+        return torch.zeros(1, 3, prep.image_size, prep.image_size)
 
     def inputs_and_targets(
         self, batch: Any, device: torch.device, channels_last: bool
@@ -99,6 +140,29 @@ class Task:
         if not images:
             return {}
         return {"val/images": labelled_grid(predictions, images, self.label_text)}
+
+    def prediction_inputs(
+        self, spec: str, prep: Preprocessing, data_cfg: DictConfig, settings: DictConfig
+    ) -> tuple[InputFiles, DataLoader]:
+        """predict's inputs (`input=`: images, a folder, a glob or a table) and their loader.
+
+        The loader yields {"images", "indices", "errors"}: a batch of model inputs, their
+        indices into the inputs, and the unreadable ones.
+        """
+        from torch.utils.data import DataLoader
+
+        from finetune.data.inputs import PredictImages, collate_inputs, gather_inputs
+        from finetune.engine.evaluation import predict_transform
+
+        inputs = gather_inputs(spec, self.class_names)
+        kind = "tensor" if data_cfg.name.startswith("digits") else "pil"  # as load_model
+        loader = DataLoader(
+            PredictImages(inputs.files, predict_transform(prep, kind, data_cfg)),
+            batch_size=settings.batch_size,
+            num_workers=settings.num_workers,
+            collate_fn=collate_inputs,
+        )
+        return inputs, loader
 
     def prediction_rows(
         self, names: list[str], probabilities: torch.Tensor, top_k: int

@@ -1,0 +1,122 @@
+"""Text classification end to end, on one tiny run of the embedded text default (a tiny BERT and
+a WordPiece tokenizer trained on the generated reviews): it trains, resumes bit for bit, eval.py
+reproduces its test metrics, predict.py labels a text file, and <run>/hf opens in transformers.
+
+One module-scoped straight run serves every assertion; the resume test adds an interrupted run
+and its resumption (FINETUNE_SIGNAL_AT_STEP stops it at a known step, not at a moment).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import RESUME_STATE_KEYS, run_script, run_train_in, state_differences
+
+# 3 epochs of 4 steps on 240 generated reviews; the LR schedule is mid-way at the interruption.
+RUN = (
+    "experiment=text_tiny_bert",
+    "data.size=240",
+    "data.batch_size=16",
+    "trainer.epochs=3",
+    "trainer.limit_train_batches=4",
+    "trainer.progress_bar=false",
+    "logger=csv",
+)
+INTERRUPT_AT_STEP = 6  # mid-way through epoch 2
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("text")
+    result = run_train_in(base, *RUN)
+    assert result.returncode == 0, result.output[-3000:]
+    return result.run_dir
+
+
+def test_the_run_records_text_metrics_and_keeps_its_tokenizer(text_run):
+    summary = json.loads((text_run / "summary.json").read_text())
+    assert {"test/acc", "test/f1_macro", "test/balanced_acc"} <= set(summary["test"])
+    assert (text_run / "tokenizer.json").is_file()
+    with (text_run / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+
+
+def test_best_weights_open_in_transformers_with_their_tokenizer(text_run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import finetune
+
+    model, tokenizer, classes = finetune.load_model(str(text_run))
+    assert classes == ["negative", "neutral", "positive"]
+    hf_model = AutoModelForSequenceClassification.from_pretrained(text_run / "hf").eval()
+    hf_tokenizer = AutoTokenizer.from_pretrained(text_run / "hf")
+    assert hf_model.config.id2label == dict(enumerate(classes))
+    texts = ["the kettle is not great.", "overall, the lamp arrived on monday in a grey box."]
+    encoded = hf_tokenizer(texts, padding=True, return_tensors="pt")
+    assert encoded["input_ids"].tolist() == tokenizer(texts, padding=True)["input_ids"]
+    types = encoded.get("token_type_ids", torch.zeros_like(encoded["input_ids"]))
+    packed = torch.stack([encoded["input_ids"], types], dim=1)
+    with torch.no_grad():
+        ours = model(packed)
+        theirs = hf_model(**encoded).logits
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_eval_reproduces_the_test_metrics(text_run, tmp_path):
+    result = run_script("eval.py", f"ckpt={text_run}", base=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    written = json.loads((text_run / "checkpoints/best.eval-test.json").read_text())
+    trained = json.loads((text_run / "summary.json").read_text())["test"]
+    assert written["metrics"] == pytest.approx(trained, abs=1e-6)
+
+
+def test_predict_on_a_text_file_writes_labels_and_probabilities(text_run, tmp_path):
+    texts = ["the drill is superb.", "the chair is not reliable.", "well, the lamp is broken."]
+    source = tmp_path / "reviews.txt"
+    source.write_text("\n".join(texts) + "\n")
+    out = tmp_path / "predicted"
+    result = run_script(
+        "predict.py", f"ckpt={text_run}", f"input={source}", f"out={out}", base=tmp_path
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    with (out / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["text"] for row in rows] == texts
+    for row in rows:
+        assert row["label_1"] in ("negative", "neutral", "positive")
+        probabilities = [float(row[f"prob_{k}"]) for k in (1, 2, 3)]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert sum(probabilities) == pytest.approx(1, abs=1e-5)
+
+
+def test_ctrl_c_mid_epoch_then_resume_ends_bitwise_as_the_straight_run(
+    text_run, tmp_path, monkeypatch
+):
+    # The WordPiece trainer breaks ties between merges differently in every process, so two
+    # runs may learn different tokenizers (models/hf_text.py): this run is handed the straight
+    # run's, which it then keeps as its own (a resumed run reads its run directory's).
+    (tmp_path / "run").mkdir()
+    shutil.copy(text_run / "tokenizer.json", tmp_path / "run" / "tokenizer.json")
+    monkeypatch.setenv("FINETUNE_SIGNAL_AT_STEP", f"SIGINT:{INTERRUPT_AT_STEP}")
+    interrupted = run_train_in(tmp_path, *RUN)
+    assert interrupted.returncode == 128 + signal.SIGINT, interrupted.output[-3000:]
+    monkeypatch.delenv("FINETUNE_SIGNAL_AT_STEP")
+    resumed = run_train_in(tmp_path, f"resume={interrupted.run_dir}", run_dir=interrupted.run_dir)
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    ours = load(interrupted.run_dir / "checkpoints/last.pt")
+    reference = load(text_run / "checkpoints/last.pt")
+    found = [
+        d for key in RESUME_STATE_KEYS for d in state_differences(ours[key], reference[key], key)
+    ]
+    assert not found, f"the resumed run differs from the straight one in {found[:8]}"
