@@ -178,8 +178,8 @@ def test_prediction_decodes_an_image_as_training_does(tmp_path: Path) -> None:
     """finetune.load_model's transform: the same pixels as the data set's, from an open file."""
     import torch
 
+    from finetune.data.inputs import predict_transform
     from finetune.data.loaders import Preprocessing
-    from finetune.engine.evaluation import predict_transform
 
     prep = Preprocessing(8, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear")
     dataset = one_image_dataset(tmp_path, rgba_with_hidden_green(), background="black")

@@ -11,13 +11,17 @@ import csv
 import glob
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from finetune.safety.errors import FinetuneError
+
+if TYPE_CHECKING:
+    from finetune.data.loaders import Preprocessing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 TABLE_SUFFIXES = (".csv",)
@@ -113,3 +117,23 @@ def collate_inputs(batch: list[dict[str, Any]]) -> dict[str, Any]:
         "indices": [s["index"] for s in readable],
         "errors": [(s["index"], s["error"]) for s in batch if "error" in s],
     }
+
+
+def predict_transform(prep: Preprocessing, kind: str, data_cfg: DictConfig) -> Any:
+    """What turns a PIL image into the model's input, as in training's evaluation.
+
+    The image is decoded as in training too (data/images.py): upright by its EXIF orientation,
+    16-bit scaled, transparency on the run's data.background.
+    """
+    from torchvision.transforms import v2
+
+    from finetune.data.images import background_of, to_rgb
+    from finetune.data.loaders import transforms_for
+
+    background = background_of(data_cfg, prep.mean)
+    rgb = v2.Lambda(lambda image: to_rgb(image, background))
+    eval_tf = transforms_for(kind, prep, augment=False)[1]
+    if kind == "pil":
+        return v2.Compose([rgb, eval_tf])
+    to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    return v2.Compose([rgb, to_tensor, eval_tf])

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -160,23 +159,3 @@ def splits_to_evaluate(
             "evaluate from the run directory, restore the data, or pass data=... explicitly"
         )
     return splits
-
-
-def predict_transform(prep: Preprocessing, kind: str, data_cfg: DictConfig) -> Any:
-    """What turns a PIL image into the model's input, as in training's evaluation.
-
-    The image is decoded as in training too (data/images.py): upright by its EXIF orientation,
-    16-bit scaled, transparency on the run's data.background.
-    """
-    from torchvision.transforms import v2
-
-    from finetune.data.images import background_of, to_rgb
-    from finetune.data.loaders import transforms_for
-
-    background = background_of(data_cfg, prep.mean)
-    rgb = v2.Lambda(lambda image: to_rgb(image, background))
-    eval_tf = transforms_for(kind, prep, augment=False)[1]
-    if kind == "pil":
-        return v2.Compose([rgb, eval_tf])
-    to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
-    return v2.Compose([rgb, to_tensor, eval_tf])

@@ -20,7 +20,8 @@ class LoadedModel(NamedTuple):
 
 def load_model(path: str) -> LoadedModel:
     """A run directory or checkpoint -> the model, its preprocessing, its class names."""
-    from finetune.engine.evaluation import checkpoint_path, model_from_checkpoint, predict_transform
+    from finetune.data.inputs import predict_transform
+    from finetune.engine.evaluation import checkpoint_path, model_from_checkpoint
     from finetune.models.weights import safe_torch_load
 
     checkpoint = checkpoint_path(str(path))

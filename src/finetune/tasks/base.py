@@ -151,8 +151,12 @@ class Task:
         """
         from torch.utils.data import DataLoader
 
-        from finetune.data.inputs import PredictImages, collate_inputs, gather_inputs
-        from finetune.engine.evaluation import predict_transform
+        from finetune.data.inputs import (
+            PredictImages,
+            collate_inputs,
+            gather_inputs,
+            predict_transform,
+        )
 
         inputs = gather_inputs(spec, self.class_names)
         kind = "tensor" if data_cfg.name.startswith("digits") else "pil"  # as load_model
