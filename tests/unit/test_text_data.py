@@ -94,3 +94,17 @@ def test_a_tokenizer_bigger_than_the_models_vocabulary_is_refused():
 
     with pytest.raises(FinetuneError, match=r"has \d+ tokens but tiny embeds only \d+"):
         check_tokenizer_fits(model.model, big, folder_cfg)
+
+
+def test_the_text_task_brings_a_text_model_and_data_and_no_image_augmentation(tmp_path):
+    from conftest import compose_train
+
+    from finetune.tasks.text import TextClassification
+
+    cfg = compose_train(tmp_path, "task=text_classification")
+    assert (cfg.model.source, cfg.data.name, cfg.augment.name) == (
+        "hf_text",
+        "synthetic_reviews",
+        "none",
+    )
+    assert not TextClassification(cfg, ["neg", "pos"]).sees_images  # no augmented-image grid

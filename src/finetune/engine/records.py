@@ -83,7 +83,7 @@ def record_start(run: Run) -> None:
     if run.lr_found is not None:  # optimizer.lr=find: the range test that chose the LR
         facts["lr_find"] = {"suggestion": run.lr_found.suggestion, "plot": lr_finder.PLOT}
         lr_finder.record(run.lr_found, run.cfg, run.paths.root, run.loggers)
-    if not run.cfg.freeze.cache_features:  # cached features are no images
+    if parts.task.sees_images and not run.cfg.freeze.cache_features:  # features: no images
         augment, prep = run.cfg.augment, parts.prep
         log_augmented_grid(
             run.loggers, parts.splits.train, augment.grid_images, parts.stepper.mix, prep

@@ -128,6 +128,11 @@ class Task:
         raise NotImplementedError
 
     @property
+    def sees_images(self) -> bool:
+        """Whether the model's inputs are images (the augmented-image grid at a run's start)."""
+        return True
+
+    @property
     def has_report(self) -> bool:
         """Whether the run report (engine/report.py: confusion, top losses, calibration) is drawn
         for this task; it is single-label classification's so far."""

@@ -39,6 +39,10 @@ class TextClassification(Classification):
         """The report's galleries show images (open: a text report)."""
         return False
 
+    @property
+    def sees_images(self) -> bool:
+        return False
+
     def attach(self, splits: Splits) -> None:
         """The tokenizer: the model's, or trained on the training texts."""
         from finetune.models.hf_text import tokenizer_for
