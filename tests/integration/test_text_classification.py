@@ -1,5 +1,5 @@
 """Text classification end to end, on one tiny run of the embedded text default (a tiny BERT and
-a WordPiece tokenizer trained on the generated reviews): it trains, resumes bit for bit, eval.py
+a word-level tokenizer trained on the generated reviews): it trains, resumes bit for bit, eval.py
 reproduces its test metrics, predict.py labels a text file, and <run>/hf opens in transformers.
 
 One module-scoped straight run serves every assertion; the resume test adds an interrupted run
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import signal
 from pathlib import Path
 
@@ -103,11 +102,8 @@ def test_predict_on_a_text_file_writes_labels_and_probabilities(text_run, tmp_pa
 def test_ctrl_c_mid_epoch_then_resume_ends_bitwise_as_the_straight_run(
     text_run, tmp_path, monkeypatch
 ):
-    # The WordPiece trainer breaks ties between merges differently in every process, so two
-    # runs may learn different tokenizers (models/hf_text.py): this run is handed the straight
-    # run's, which it then keeps as its own (a resumed run reads its run directory's).
-    (tmp_path / "run").mkdir()
-    shutil.copy(text_run / "tokenizer.json", tmp_path / "run" / "tokenizer.json")
+    # This run trains its own tokenizer in its own process: it must learn the straight run's
+    # (models/hf_text.py, train_word_level), or the weights below would differ.
     monkeypatch.setenv("FINETUNE_SIGNAL_AT_STEP", f"SIGINT:{INTERRUPT_AT_STEP}")
     interrupted = run_train_in(tmp_path, *RUN)
     assert interrupted.returncode == 128 + signal.SIGINT, interrupted.output[-3000:]

@@ -83,11 +83,11 @@ def test_json_lines_with_a_pair_column_split_stratified(tmp_path):
 
 
 def test_a_tokenizer_bigger_than_the_models_vocabulary_is_refused():
-    from finetune.models.hf_text import build_text, train_wordpiece
+    from finetune.models.hf_text import build_text, train_word_level
 
     model_cfg = OmegaConf.load(CONF / "model" / "tiny_bert.yaml")
-    small = train_wordpiece(["a b c d e f g"], 100)
-    big = train_wordpiece([" ".join(f"word{i}" for i in range(300))], 1000)
+    small = train_word_level(["a b c d e f g"], 100)
+    big = train_word_level([" ".join(f"word{i}" for i in range(300))], 1000)
     model, _ = build_text(model_cfg, 2, small)
     folder_cfg = OmegaConf.merge(model_cfg, {"pretrained": "false"})
     from finetune.models.hf_text import check_tokenizer_fits
