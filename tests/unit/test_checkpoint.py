@@ -186,7 +186,7 @@ def test_a_nan_monitor_is_never_best_and_a_later_number_wins(tmp_path: Path, mod
 
 
 def test_a_run_whose_monitor_was_always_nan_tests_last_pt(tmp_path: Path) -> None:
-    from finetune.engine.run import tested_checkpoint
+    from finetune.engine.final_test import tested_checkpoint
 
     model = torch.nn.Linear(3, 2)
     checkpointer = Checkpointer(tmp_path, "val/loss", "min", save_top_k=1, save_safetensors=False)

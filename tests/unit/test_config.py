@@ -64,7 +64,7 @@ def check_group(cfg: DictConfig, group: str, option: str) -> None:
         import timm
         import torchvision
 
-        assert cfg.model.source in ("timm", "torchvision", "hf", "smp")
+        assert cfg.model.source in ("timm", "torchvision", "hf", "smp", "hf_text")
         if cfg.model.source == "smp":  # segmentation: an architecture over an encoder
             import segmentation_models_pytorch as smp
 
@@ -80,7 +80,8 @@ def check_group(cfg: DictConfig, group: str, option: str) -> None:
         assert isinstance(OmegaConf.to_container(cfg.model.kwargs, resolve=True), dict)
     elif group == "data":
         assert cfg.data.name == option
-        assert cfg.data.image_size > 0 and cfg.data.batch_size > 0
+        size = cfg.data.max_length if "max_length" in cfg.data else cfg.data.image_size  # text
+        assert size > 0 and cfg.data.batch_size > 0
         assert cfg.data.num_workers == "auto" or cfg.data.num_workers >= 0
         assert 0 <= cfg.data.val_fraction < 1 and 0 <= cfg.data.test_fraction < 1
         assert "classes" in cfg.data and "augment" in cfg.data
