@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from finetune.models import hf
 from finetune.models.heads import find_head
 from finetune.models.hf import LogitsModel, local_files_only, stages_of
 from finetune.models.hf import loader_options as loader_options  # factory's check reads it
@@ -209,9 +210,6 @@ def as_dict(node: Any) -> dict[str, Any]:
 def save_native(
     model: nn.Module, info: ModelInfo, run_dir: Path, checkpoints: Path, classes: list[str]
 ) -> None:
-    """<run>/hf: the model and its tokenizer with save_pretrained, id2label named."""
-    inner = model.model
-    inner.config.id2label = dict(enumerate(classes))
-    inner.config.label2id = {name: index for index, name in enumerate(classes)}
-    inner.save_pretrained(str(run_dir / "hf"))
+    """<run>/hf: the model (as hf.save_native writes it) and its tokenizer, save_pretrained."""
+    hf.save_native(model, info, run_dir, checkpoints, classes)
     model.tokenizer.save_pretrained(str(run_dir / "hf"))
