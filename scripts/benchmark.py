@@ -21,7 +21,8 @@ noise (0.79 to 1.27); one thread varied 5%. `--threads 0` keeps torch's own choi
 Each option row is "project" with one option on (bf16 autocast, channels_last, EMA,
 torch.compile, accumulation over 2 batches, gradient clipping, a frozen backbone, cached
 features, LoRA adapters): list "project" first and the ratio column is the option's on/off
-speed. On CUDA a last column gives each variant's peak GPU memory over one timed run.
+speed. A last column gives each variant's peak memory over one timed run: CUDA's allocator peak
+on a GPU; on the CPU, the rise of the process's peak resident memory during the steps.
 A new row is one more `Variant` in ALL_VARIANTS: a name, a loop function, and the Hydra
 overrides its setup needs. After the table, scripts/time_to_first_step.py times start-up.
 
@@ -34,6 +35,7 @@ first step and page faults.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import sys
 import tempfile
@@ -210,14 +212,41 @@ def images_per_s(variant: Variant, setup: Setup, steps: int) -> float:
 
 
 def peak_memory_mib(variant: Variant, setup: Setup, steps: int) -> float:
-    """Peak CUDA memory allocated during `steps` steps (NaN off CUDA: no allocator to ask)."""
+    """Peak memory of `steps` steps in MiB: CUDA's allocator peak on a GPU; on the CPU (Linux)
+    how far the process's peak resident memory rose above its resident memory before them
+    (the kernel's high-water mark, reset through /proc), i.e. what the steps themselves
+    allocate: activations, gradients, optimizer state. NaN where neither can be asked."""
     device = setup.stepper.device
-    if device.type != "cuda":
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        variant.loop(setup, steps)
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
+    except OSError:
         return float("nan")
-    torch.cuda.reset_peak_memory_stats(device)
+    trim_heap()
+    before = resident_kib("VmRSS")
     variant.loop(setup, steps)
-    synchronize(device)
-    return torch.cuda.max_memory_allocated(device) / 2**20
+    return (resident_kib("VmHWM") - before) / 1024
+
+
+def trim_heap() -> None:
+    """Give the heap's free memory back to the kernel (glibc), so that what the steps reuse
+    from an earlier variant's frees counts as theirs."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
+def resident_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
 
 
 def synchronize(device: torch.device) -> None:
@@ -238,7 +267,7 @@ def measure(
 ) -> dict[str, list[float]]:
     """images/s of every variant over `repeats` alternating runs, after a warm-up of each.
 
-    With `peaks` (a dict to fill) and a CUDA device, also each variant's peak memory in MiB.
+    With `peaks` (a dict to fill), also each variant's peak memory in MiB (peak_memory_mib).
     """
     with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
         setups = {}
