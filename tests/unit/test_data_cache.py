@@ -105,6 +105,20 @@ def test_auto_caches_in_memory_only_what_fits_the_budget(tmp_path: Path) -> None
     assert cache_mode(too_small, datasets, PREP) == "none"
 
 
+def test_auto_keeps_to_half_the_free_shared_memory(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A container's small /dev/shm must not fill up (a bus error ends the run): auto is none."""
+    import finetune.data.cache as cache
+
+    root = write_mixed_sizes(tmp_path / "images")
+    splits = build_splits(folder_cfg(root, tmp_path), seed=0)
+    datasets = [splits.train, splits.val, splits.test]
+    cfg = folder_cfg(root, tmp_path, cache="auto", cache_memory_mb=1)  # 48 KiB needed
+    monkeypatch.setattr(cache, "free_shared_memory_mb", lambda: 0.08)  # 40 KiB usable
+    assert cache_mode(cfg, datasets, PREP) == "none"
+    monkeypatch.setattr(cache, "free_shared_memory_mb", lambda: 0.2)
+    assert cache_mode(cfg, datasets, PREP) == "memory"
+
+
 def test_unreadable_image_is_skipped_with_the_cache_on(tmp_path: Path) -> None:
     root = write_mixed_sizes(tmp_path / "images")
     (root / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")

@@ -14,7 +14,9 @@ uint8 / 255 is what ToTensor computes).
   settings make a new cache, and later runs of a sweep read the pixels the first one decoded.
   The bytes are data only: a sample is read from it only when its `filled` flag is set, which
   is written after its pixels.
-- `auto`: `memory` when the decoded images of all splits fit `data.cache_memory_mb`, else none.
+- `auto` (the default): `memory` when the decoded images of all splits fit
+  `data.cache_memory_mb` and half the free shared memory (a container's small /dev/shm would
+  otherwise end the run with a bus error when it fills), else none.
 - `none`: decode every time, as without a cache.
 
 Training augmentation on a cached view is the run's recipe (augment=...), given a PIL image of
@@ -27,7 +29,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +109,24 @@ def cache_mode(cfg: DictConfig, datasets: list[Any], prep: Any) -> str:
         return cfg.cache
     images = sum(len(d) for d in dict.fromkeys(datasets))
     needed_mb = images * 3 * prep.image_size**2 / 2**20
-    return "memory" if needed_mb <= cfg.cache_memory_mb else "none"
+    budget_mb = min(cfg.cache_memory_mb, free_shared_memory_mb() / 2)
+    if needed_mb <= budget_mb:
+        return "memory"
+    log.info(
+        "Decoded images not cached: %.0f MB > %.0f MB (data.cache_memory_mb, or half the free "
+        "shared memory); data.cache=disk keeps them in files instead",
+        needed_mb,
+        budget_mb,
+    )
+    return "none"
+
+
+def free_shared_memory_mb() -> float:
+    """Free space of /dev/shm, where shared tensors live on Linux (infinite where it is not)."""
+    try:
+        return shutil.disk_usage("/dev/shm").free / 2**20
+    except OSError:
+        return math.inf
 
 
 def attach_caches(cfg: DictConfig, datasets: list[Any], prep: Any) -> Any:
