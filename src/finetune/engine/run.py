@@ -24,13 +24,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from finetune.engine.build import Parts, build_parts
-from finetune.engine.checkpointer import Checkpointer
-from finetune.engine.distributed import (
-    DistInfo,
-    barrier,
-    dist_info,
-    rank_device,
-)
+from finetune.engine.distributed import DistInfo, barrier, dist_info, rank_device
 from finetune.engine.early_stopping import EarlyStopping, early_stopping
 from finetune.engine.final_test import test
 from finetune.engine.loop import LoopState, evaluate, train_one_epoch
@@ -51,7 +45,7 @@ from finetune.engine.rundir import RunPaths, checkpoint_split_manifest, record_s
 from finetune.engine.setup import pick_device, seed_everything
 from finetune.engine.startup import StartupClock
 from finetune.engine.state import restore, state_of
-from finetune.engine.writer import BackgroundCheckpointer
+from finetune.engine.writer import BackgroundCheckpointer, build_checkpointer
 from finetune.records.loggers import Loggers, build_loggers
 from finetune.records.predictions import Predictions
 from finetune.safety.checks import check_config
@@ -178,22 +172,6 @@ def setup(
     clock.mark("setup")
     clock.stop_at_first_step(parts.stepper.optimizer, summary)  # compile, first batch count here
     return run
-
-
-def build_checkpointer(cfg: DictConfig, paths: RunPaths, rank: DistInfo) -> BackgroundCheckpointer:
-    """last/best/top-k files (engine/checkpointer.py), written by a thread while the next epoch
-    trains when checkpoint.background is on (engine/writer.py)."""
-    checkpoint = cfg.checkpoint
-    checkpointer = Checkpointer(
-        paths.checkpoints,
-        cfg.monitor,
-        cfg.mode,
-        checkpoint.save_top_k,
-        checkpoint.save_safetensors,
-        checkpoint.on_error,
-        is_main=rank.is_main,
-    )
-    return BackgroundCheckpointer(checkpointer, checkpoint.background)
 
 
 def fit(run: Run) -> None:

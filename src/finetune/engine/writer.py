@@ -16,13 +16,19 @@ write is in flight they are the previous epoch's.
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from finetune.engine.checkpointer import Checkpointer
 from finetune.safety.errors import FinetuneError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from finetune.engine.distributed import DistInfo
+    from finetune.engine.rundir import RunPaths
 
 
 def cpu_copy(value: Any) -> Any:
@@ -85,3 +91,19 @@ class BackgroundCheckpointer:
         if name == "checkpointer":
             raise AttributeError(name)
         return getattr(self.checkpointer, name)
+
+
+def build_checkpointer(cfg: DictConfig, paths: RunPaths, rank: DistInfo) -> BackgroundCheckpointer:
+    """last/best/top-k files (engine/checkpointer.py), written by a thread while the next epoch
+    trains when checkpoint.background is on (engine/writer.py)."""
+    checkpoint = cfg.checkpoint
+    checkpointer = Checkpointer(
+        paths.checkpoints,
+        cfg.monitor,
+        cfg.mode,
+        checkpoint.save_top_k,
+        checkpoint.save_safetensors,
+        checkpoint.on_error,
+        is_main=rank.is_main,
+    )
+    return BackgroundCheckpointer(checkpointer, checkpoint.background)
