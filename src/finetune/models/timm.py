@@ -38,6 +38,7 @@ HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch
 def build(cfg: DictConfig, num_outputs: int) -> tuple[nn.Module, ModelInfo]:
     """Create `cfg.name` with a `num_outputs` head and the weights `cfg.pretrained` asks for."""
     check_model_name(cfg.name)
+    check_hub_config(cfg.name)
     kwargs = {"num_classes": num_outputs, "drop_path_rate": cfg.drop_path_rate}
     kwargs.update(OmegaConf.to_container(cfg.kwargs, resolve=True))
     mode = normalise_pretrained(cfg.pretrained)
@@ -72,6 +73,32 @@ def check_model_name(name: str) -> None:
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f"close timm names: {', '.join(close)}" if close else "see timm.list_models()"
     raise FinetuneError(f"model.name={name} is not a timm model; {hint}")
+
+
+def check_hub_config(name: str) -> None:
+    """An hf-hub: name says nothing of its architecture until the repo's config.json is read,
+    even for random init: offline, that file must be in the cache (else timm fails deep in
+    huggingface_hub, after a warning that it would train from random init)."""
+    if not name.startswith(("hf-hub:", "hf_hub:")):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id = name.split(":", 1)[1]
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    reason = hub_unreachable_reason()
+    if reason is None:
+        return
+    architecture = repo_id.split("/")[-1].split(".")[0]  # timm/<architecture>.<pretrained tag>
+    fix = (
+        f"model.name={architecture} (the same architecture from timm's registry)"
+        if timm.is_model(architecture)
+        else "a timm architecture name (timm.list_models())"
+    )
+    raise FinetuneError(
+        f"model.name={name}: its config.json is not cached and {reason}; run once online, "
+        f"or use {fix} with model.pretrained=PATH for weights"
+    )
 
 
 def from_hub(
