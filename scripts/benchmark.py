@@ -22,7 +22,8 @@ Each option row is "project" with one option on (bf16 autocast, channels_last, E
 torch.compile, accumulation over 2 batches, gradient clipping, a frozen backbone, cached
 features, LoRA adapters): list "project" first and the ratio column is the option's on/off
 speed. A last column gives each variant's peak memory over one timed run: CUDA's allocator peak
-on a GPU; on the CPU, the rise of the process's peak resident memory during the steps.
+on a GPU; on the CPU, the variant's tensors that stay (weights, gradients, optimizer state) plus
+the rise of the process's peak resident memory during the steps (activations).
 A new row is one more `Variant` in ALL_VARIANTS: a name, a loop function, and the Hydra
 overrides its setup needs. After the table, scripts/time_to_first_step.py times start-up.
 
@@ -35,6 +36,7 @@ first step and page faults.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import statistics
 import sys
@@ -212,10 +214,11 @@ def images_per_s(variant: Variant, setup: Setup, steps: int) -> float:
 
 
 def peak_memory_mib(variant: Variant, setup: Setup, steps: int) -> float:
-    """Peak memory of `steps` steps in MiB: CUDA's allocator peak on a GPU; on the CPU (Linux)
-    how far the process's peak resident memory rose above its resident memory before them
-    (the kernel's high-water mark, reset through /proc), i.e. what the steps themselves
-    allocate: activations, gradients, optimizer state. NaN where neither can be asked."""
+    """Peak memory of `steps` steps in MiB: CUDA's allocator peak on a GPU. On the CPU (Linux),
+    the same quantity pieced together: the variant's tensors that stay (parameters, gradients,
+    optimizer state, EMA) plus how far the process's peak resident memory rose during the
+    steps (the kernel's high-water mark, reset through /proc: activations and temporaries).
+    NaN where neither can be asked."""
     device = setup.stepper.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -229,16 +232,27 @@ def peak_memory_mib(variant: Variant, setup: Setup, steps: int) -> float:
     trim_heap()
     before = resident_kib("VmRSS")
     variant.loop(setup, steps)
-    return (resident_kib("VmHWM") - before) / 1024
+    return (resident_kib("VmHWM") - before) / 1024 + held_tensor_bytes(setup) / 2**20
+
+
+def held_tensor_bytes(setup: Setup) -> int:
+    """Bytes of the tensors a variant keeps between steps: its model's parameters and
+    buffers, their gradients, the optimizer's state and the EMA copy."""
+    tensors = {id(t): t for t in setup.net.parameters()}
+    tensors.update({id(t): t for t in setup.net.buffers()})
+    tensors.update({id(p.grad): p.grad for p in setup.net.parameters() if p.grad is not None})
+    for state in setup.stepper.optimizer.state.values():
+        tensors.update({id(v): v for v in state.values() if isinstance(v, torch.Tensor)})
+    if setup.stepper.ema is not None:
+        tensors.update({id(t): t for t in setup.stepper.ema.module.state_dict().values()})
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def trim_heap() -> None:
     """Give the heap's free memory back to the kernel (glibc), so that what the steps reuse
     from an earlier variant's frees counts as theirs."""
-    try:
+    with contextlib.suppress(OSError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc
-        pass
 
 
 def resident_kib(field: str) -> int:
