@@ -99,3 +99,125 @@ def test_the_torchscript_export_matches_and_outputs_masks(segmentation_run, tmp_
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     exported = torch.jit.load(str(out / "model.torchscript.pt"))
     assert exported(torch.rand(2, 3, 32, 32)).shape == (2, 11, 32, 32)
+
+
+CLASSES = ["background", *map(str, range(10))]
+
+
+@pytest.fixture(scope="module")
+def canvas_folder(segmentation_run, tmp_path_factory) -> Path:
+    """Six of the run's test canvases as PNG files (DIR/images, DIR/masks, as data=mask_folder
+    reads them): the same images for eval's pass, predict and load_model."""
+    import numpy as np
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from finetune.data import build_splits
+
+    cfg = OmegaConf.create(load(segmentation_run / "checkpoints/best.pt")["config"])
+    test = build_splits(cfg.data, cfg.seed).test
+    root = tmp_path_factory.mktemp("canvases")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    for i in range(6):
+        image, mask = test.load(i)
+        pixels = (image * 255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
+        Image.fromarray(mask.numpy().astype(np.uint8)).save(root / "masks" / f"{i}.png")
+    return root
+
+
+def eval_pass_masks(run: Path, root: Path) -> torch.Tensor:
+    """The predicted masks of eval's pass (engine/report.py: split_outputs) on `root`'s images,
+    read as data=mask_folder reads them, in file order."""
+    from omegaconf import OmegaConf
+
+    from finetune.data.loaders import transforms_for
+    from finetune.data.mask_folder import files_set, read_pairs
+    from finetune.engine.evaluation import model_from_checkpoint
+    from finetune.engine.report import split_outputs
+
+    best = run / "checkpoints/best.pt"
+    model, prep, cfg = model_from_checkpoint(load(best), str(best))
+    folder_cfg = OmegaConf.merge(cfg.data, {"class_names": CLASSES, "palette": None})
+    dataset = files_set(read_pairs(root, folder_cfg), root, len(CLASSES))
+    dataset.transform = transforms_for("mask", prep, augment=False)[1]
+    logits, _, _ = split_outputs(model, dataset, cfg.data, torch.device("cpu"), None)
+    return logits.argmax(dim=1)
+
+
+def read_mask(path: Path) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as mask:
+        assert mask.mode == "P"
+        return torch.from_numpy(np.asarray(mask).astype(np.int64))
+
+
+def test_predict_and_load_model_give_eval_s_masks(segmentation_run, canvas_folder, tmp_path):
+    from PIL import Image
+
+    import finetune
+
+    expected = eval_pass_masks(segmentation_run, canvas_folder)
+    assert expected.unique().numel() > 1  # not a blank model: the comparison means something
+    result = finetune.predict(segmentation_run, canvas_folder / "images", out=tmp_path, tta="none")
+    assert [row["file"] for row in result.rows] == [f"{i}.png" for i in range(6)]
+    for i in range(6):
+        assert torch.equal(read_mask(tmp_path / "masks" / f"{i}.png"), expected[i]), i
+    model, transform, classes = finetune.load_model(segmentation_run)
+    assert classes == CLASSES
+    for i in range(6):
+        with Image.open(canvas_folder / "images" / f"{i}.png") as image:
+            logits = model(transform(image).unsqueeze(0))
+        assert torch.equal(logits.argmax(dim=1)[0], expected[i]), i
+
+
+def test_predict_writes_masks_overlays_and_a_sheet_byte_for_byte(
+    segmentation_run, canvas_folder, tmp_path
+):
+    """Masks and overlays have their input's size (an input of another size too), and the same
+    input gives the same files."""
+    import shutil
+
+    from PIL import Image
+
+    inputs = tmp_path / "in"
+    shutil.copytree(canvas_folder / "images", inputs)
+    with Image.open(inputs / "0.png") as image:
+        image.resize((48, 40)).save(inputs / "wide.png")
+    result = run_script("predict.py", f"ckpt={segmentation_run}", f"input={inputs}",
+                        f"out={tmp_path / 'a'}", base=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = run_script("predict.py", f"ckpt={segmentation_run}", f"input={inputs}",
+                       f"out={tmp_path / 'b'}", base=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    written = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    names = [*map(str, range(6)), "wide"]
+    assert written == sorted(
+        [Path("contact_sheet.png")]
+        + [Path(kind) / f"{name}.png" for kind in ("masks", "overlays") for name in names]
+    )
+    for kind in ("masks", "overlays"):
+        with Image.open(tmp_path / "a" / kind / "wide.png") as picture:
+            assert picture.size == (48, 40)
+    assert read_mask(tmp_path / "a/masks/0.png").max() < len(CLASSES)
+    for path in [*written, Path("predictions.csv")]:
+        assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes(), path
+
+
+def test_flip_tta_mirrors_the_mask_back(segmentation_run, canvas_folder, tmp_path):
+    """With predict.tta=flip, the mask of a mirrored image is the mirrored mask of the image."""
+    from PIL import Image, ImageOps
+
+    import finetune
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    with Image.open(canvas_folder / "images/1.png") as image:
+        image.save(inputs / "a.png")
+        ImageOps.mirror(image).save(inputs / "b.png")
+    finetune.predict(segmentation_run, inputs, out=tmp_path / "out", tta="flip")
+    mask, mirrored = (read_mask(tmp_path / "out/masks" / name) for name in ("a.png", "b.png"))
+    assert torch.equal(mirrored, mask.flip(-1))

@@ -9,9 +9,11 @@ overlays of a fixed set of validation images, and the pixel confusion matrix.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from omegaconf import DictConfig
 from torchmetrics import MetricCollection
 
 from finetune.tasks.base import Task
@@ -95,3 +97,24 @@ class Segmentation(Task):
             )
             rows.append(row)
         return rows
+
+    def unmirror(self, outputs: torch.Tensor) -> torch.Tensor:
+        """A mask moves with its image: (N, C, H, W) mirrored back along W."""
+        return outputs.flip(-1)
+
+    def prediction_pictures(
+        self,
+        out: Path,
+        files: list[Path],
+        rows: list[dict[str, Any]],
+        probabilities: torch.Tensor,
+        settings: DictConfig,
+    ) -> dict[str, Path]:
+        """A mask PNG and an overlay per input, and a contact sheet of the overlays."""
+        from finetune.records.prediction_masks import write_mask_files
+
+        names = [row["file"] for row in rows]
+        masks = self.decisions(probabilities)
+        return write_mask_files(
+            out, files, names, masks, self.num_outputs, self.label_text, settings.sheet_images
+        )
