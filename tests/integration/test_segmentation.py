@@ -90,6 +90,39 @@ def test_eval_reproduces_the_test_metrics(segmentation_run, tmp_path):
     written = json.loads((segmentation_run / "checkpoints/best.eval-test.json").read_text())
     trained = json.loads((segmentation_run / "summary.json").read_text())["test"]
     assert written["metrics"] == pytest.approx(trained, abs=1e-6)
+    assert report_ious(segmentation_run / "checkpoints/best.report-test") == pytest.approx(
+        {k: v for k, v in written["metrics"].items() if k.startswith("test/iou_")}, abs=1e-6
+    )
+
+
+def report_ious(report: Path) -> dict[str, float]:
+    import csv
+
+    with (report / "per_class.csv").open() as handle:
+        return {f"test/iou_{row['class']}": float(row["iou"]) for row in csv.DictReader(handle)}
+
+
+def test_the_report_shows_per_class_iou_confusion_and_the_worst_images(segmentation_run):
+    """<run>/report/ after the test phase: its per-class IoU is the run's test/iou_<class>."""
+    import csv
+
+    report = segmentation_run / "report"
+    trained = json.loads((segmentation_run / "summary.json").read_text())["test"]
+    per_class = {k: v for k, v in trained.items() if k.startswith("test/iou_")}
+    assert report_ious(report) == pytest.approx(per_class, abs=1e-6)
+    with (report / "per_class.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["class", "iou", "precision", "recall", "f1", "support"]
+    confusion = [line.split(",") for line in (report / "confusion.csv").read_text().splitlines()]
+    assert confusion[0] == CLASSES
+    assert [int(row["support"]) for row in rows] == [sum(map(int, r)) for r in confusion[1:]]
+    with (report / "worst_images.csv").open() as handle:
+        worst = [float(row["iou"]) for row in csv.DictReader(handle)]
+    assert worst == sorted(worst) and len(worst) > 0
+    page = (report / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # curves, confusion, worst images
+    for name in ("confusion.png", "worst_images.png"):
+        assert (report / name).stat().st_size > 0
 
 
 def test_the_torchscript_export_matches_and_outputs_masks(segmentation_run, tmp_path):

@@ -49,11 +49,12 @@ def mask_image(mask: torch.Tensor, size: tuple[int, int], colours: torch.Tensor)
     return picture.resize(size, Image.Resampling.NEAREST)
 
 
-def blended(image: Image.Image, mask: Image.Image, colours: torch.Tensor) -> Image.Image:
-    """`image` with its mask's classes tinted as in the run's overlays."""
+def blended(
+    image: Image.Image, classes: torch.Tensor, colours: torch.Tensor, ignore: int
+) -> Image.Image:
+    """`image` with the classes of its (H, W) mask tinted as in the run's overlays."""
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    classes = torch.from_numpy(np.asarray(mask, dtype=np.int64))
-    tinted = overlay(pixels, classes, colours, ignore=len(colours) - 1)
+    tinted = overlay(pixels, classes.long(), colours, ignore)
     return Image.fromarray((tinted * 255).round().byte().permute(1, 2, 0).numpy())
 
 
@@ -75,7 +76,8 @@ def write_mask_files(
     for index, (file, name, mask) in enumerate(zip(files, names, masks, strict=True)):
         image = read_upright(file)
         resized = mask_image(mask, image.size, colours)
-        tinted = blended(image, resized, colours)
+        classes = torch.from_numpy(np.asarray(resized, dtype=np.int64))
+        tinted = blended(image, classes, colours, ignore=num_classes)
         save_png(resized, out / "masks" / output_name(name))
         save_png(tinted, out / "overlays" / output_name(name))
         if index < sheet_images:

@@ -134,9 +134,31 @@ class Task:
 
     @property
     def has_report(self) -> bool:
-        """Whether the run report (engine/report.py: confusion, top losses, calibration) is drawn
-        for this task; it is single-label classification's so far."""
+        """Whether the run report (`write_report`) is drawn for this task."""
         return False
+
+    def write_report(
+        self,
+        report_dir: Path,
+        title: str,
+        model: nn.Module,
+        splits: Splits,
+        split: str,
+        prep: Preprocessing,
+        cfg: DictConfig,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        curves: Path | None = None,
+    ) -> Path:
+        """The report of `model` on `split` in `report_dir` (where `has_report`); its index.html.
+
+        A classifier's: confusion, top losses, calibration (engine/report.py).
+        """
+        from finetune.engine.report import write_run_report
+
+        return write_run_report(
+            report_dir, title, model, splits, split, prep, cfg, device, dtype, curves
+        )
 
     def pictures(self, predictions: Predictions, images: int, epoch: int) -> dict[str, Any]:
         """Tag -> picture (a float (3, H, W) tensor in [0, 1]) of a validation pass."""

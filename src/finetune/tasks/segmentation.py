@@ -19,6 +19,7 @@ from torchmetrics import MetricCollection
 from finetune.tasks.base import Task
 
 if TYPE_CHECKING:
+    from finetune.data import Preprocessing, Splits
     from finetune.records.predictions import Predictions
 
 
@@ -71,6 +72,30 @@ class Segmentation(Task):
         """A mask in words: the classes it shows."""
         present = [int(c) for c in value.unique() if int(c) != self.ignore_index]
         return "+".join(self.class_names[c] for c in present) or "(none)"
+
+    @property
+    def has_report(self) -> bool:
+        return True
+
+    def write_report(
+        self,
+        report_dir: Path,
+        title: str,
+        model: torch.nn.Module,
+        splits: Splits,
+        split: str,
+        prep: Preprocessing,
+        cfg: DictConfig,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        curves: Path | None = None,
+    ) -> Path:
+        """Per-class IoU, the pixel confusion matrix and the worst images (lowest IoU)."""
+        from finetune.engine.segmentation_report import write_segmentation_report
+
+        return write_segmentation_report(
+            report_dir, title, model, splits, split, prep, cfg, device, dtype, curves
+        )
 
     def pictures(self, predictions: Predictions, images: int, epoch: int) -> dict[str, Any]:
         from finetune.records.overlays import overlay_grid, pixel_confusion_image
