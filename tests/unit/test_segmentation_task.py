@@ -48,7 +48,7 @@ def test_the_report_s_pixel_counts_give_torchmetrics_per_class_iou():
     from torchmetrics.classification import MulticlassJaccardIndex
 
     from finetune.engine.segmentation_report import pixel_counts
-    from finetune.records.segmentation_report import class_rows
+    from finetune.records.segmentation_report import class_rows, mean_iou
 
     generator = torch.Generator().manual_seed(0)
     targets = torch.randint(0, 3, (4, 8, 8), generator=generator)
@@ -59,6 +59,8 @@ def test_the_report_s_pixel_counts_give_torchmetrics_per_class_iou():
         preds, targets
     )
     counts = pixel_counts(targets, preds, 4, 255).numpy()
-    ious = [row["iou"] for row in class_rows(counts, ["background", "a", "b", "c"])]
-    assert ious == pytest.approx(expected.tolist(), abs=1e-6)
+    rows = class_rows(counts, ["background", "a", "b", "c"])
+    assert [row["iou"] for row in rows] == pytest.approx(expected.tolist(), abs=1e-6)
+    miou = MulticlassJaccardIndex(num_classes=4, average="macro", ignore_index=255)
+    assert mean_iou(counts, rows) == pytest.approx(float(miou(preds, targets)), abs=1e-6)
     assert counts.sum() == (targets != 255).sum()

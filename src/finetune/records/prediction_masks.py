@@ -22,13 +22,17 @@ from PIL import Image
 
 from finetune.records.gallery import Tile, draw_sheet, save_png
 from finetune.records.overlays import overlay, palette
+from finetune.safety.errors import FinetuneError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 
 def output_name(name: str) -> Path:
-    """An input's name in predictions.csv as a relative .png path (no root, no '..')."""
+    """An input's name in predictions.csv as a relative .png path (no root, no '..').
+
+    Inputs that differ only in their suffix (x.jpg, x.png) share one: the later one stays.
+    """
     parts = [part for part in PurePosixPath(name).parts if part not in ("/", ".", "..")]
     return Path(*parts).with_suffix(".png")
 
@@ -71,6 +75,11 @@ def write_mask_files(
 
     `masks` are the model-sized (N, h, w) predictions; `describe` puts one in words.
     """
+    if num_classes > 256:
+        raise FinetuneError(
+            f"mask PNGs hold at most 256 classes and the model has {num_classes}; predict "
+            "without out= (finetune.predict) for the rows alone"
+        )
     colours = palette(num_classes)
     tiles = []
     for index, (file, name, mask) in enumerate(zip(files, names, masks, strict=True)):

@@ -8,7 +8,8 @@
       worst_images.csv    their files, IoU and the classes each mask shows
 
 Per-class IoU is tp / (tp + fp + fn) of the pixel confusion counts (0 where a class is neither
-true nor predicted), as torchmetrics' JaccardIndex computes test/iou_<class>. An image's IoU is
+true nor predicted), as torchmetrics' JaccardIndex computes test/iou_<class>; the mean IoU
+leaves such classes out, as test/miou does. An image's IoU is
 the mean over the classes its true or predicted mask shows. The engine collects the pass
 (engine/segmentation_report.py); this module only draws and writes.
 """
@@ -93,6 +94,13 @@ def class_rows(counts: np.ndarray, class_names: list[str]) -> list[dict[str, Any
     ]
 
 
+def mean_iou(counts: np.ndarray, classes: list[dict[str, Any]]) -> float:
+    """Over the classes that are true or predicted somewhere, as torchmetrics' macro average
+    (test/miou) takes it."""
+    seen = (counts.sum(axis=0) + counts.sum(axis=1)) > 0
+    return float(np.mean([row["iou"] for row, kept in zip(classes, seen, strict=True) if kept]))
+
+
 def shown_classes(mask: torch.Tensor, class_names: list[str], ignore: int) -> str:
     present = [int(c) for c in mask.unique() if int(c) != ignore]
     return "+".join(class_names[c] for c in present) or "(none)"
@@ -148,7 +156,7 @@ def write_mask_report(report_dir: Path, inputs: MaskReportInputs) -> Path:
     if inputs.curves is not None and inputs.curves.is_file():
         pictures["curves"] = inputs.curves.read_bytes()
     summary = {
-        "mean IoU (over classes)": float(np.mean([row["iou"] for row in classes])),
+        "mean IoU": mean_iou(counts, classes),
         "pixel accuracy": float(np.trace(counts) / max(counts.sum(), 1)),
         "mean image IoU": float(inputs.ious.mean()),
         "images": len(inputs.ious),
