@@ -183,7 +183,7 @@ def test_prediction_decodes_an_image_as_training_does(tmp_path: Path) -> None:
 
     prep = Preprocessing(8, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear")
     dataset = one_image_dataset(tmp_path, rgba_with_hidden_green(), background="black")
-    transform = predict_transform(prep, "pil", folder_cfg(tmp_path, background="black"))
+    transform = predict_transform(prep, folder_cfg(tmp_path, background="black"))
     dataset.transform = transform.transforms[-1]  # the evaluation transform alone
     path = next(path for path, _ in dataset.samples if path.endswith("0.png"))
     with Image.open(path) as image:

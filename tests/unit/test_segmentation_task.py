@@ -17,8 +17,9 @@ NAMES = ["background", "a", "b"]
 def test_segmentation_brings_its_loss_model_data_and_monitor_and_overrides_win(tmp_path):
     cfg = compose_train(tmp_path, "task=segmentation")
     task = build_task(cfg, NAMES)
-    assert isinstance(task, Segmentation) and not task.has_report
+    assert isinstance(task, Segmentation) and task.has_report
     assert (cfg.model.source, cfg.data.name, cfg.monitor) == ("smp", "digit_canvases", "val/miou")
+    assert cfg.data.inputs == "mask"  # predict resizes the whole image, as evaluation does
     assert isinstance(task.loss(train=None), LossSum)
     cfg = compose_train(tmp_path, "task=segmentation", "model=fpn", "loss=dice")
     assert cfg.model.name == "FPN" and cfg.loss._target_.endswith("DiceLoss")
@@ -40,3 +41,26 @@ def test_ignored_pixels_count_in_no_metric_and_no_loss(tmp_path):
     # one left out: uniform logits cost ln 3 per labelled pixel, so the image's mean is ln 3.
     uniform = torch.zeros(1, 3, 2, 2)
     assert float(task.loss_sum(uniform, targets)) == pytest.approx(float(torch.tensor(3.0).log()))
+
+
+def test_the_report_s_pixel_counts_give_torchmetrics_per_class_iou():
+    """Labelled pixels only, and 0 for a class neither true nor predicted, as test/iou_<class>."""
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    from finetune.engine.segmentation_report import pixel_counts
+    from finetune.records.segmentation_report import class_rows, mean_iou
+
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 3, (4, 8, 8), generator=generator)
+    targets[:, :2] = 255  # ignored
+    preds = torch.randint(0, 3, (4, 8, 8), generator=generator)
+    targets[targets == 2], preds[preds == 2] = 0, 1  # class 2: in no mask
+    expected = MulticlassJaccardIndex(num_classes=4, average="none", ignore_index=255)(
+        preds, targets
+    )
+    counts = pixel_counts(targets, preds, 4, 255).numpy()
+    rows = class_rows(counts, ["background", "a", "b", "c"])
+    assert [row["iou"] for row in rows] == pytest.approx(expected.tolist(), abs=1e-6)
+    miou = MulticlassJaccardIndex(num_classes=4, average="macro", ignore_index=255)
+    assert mean_iou(counts, rows) == pytest.approx(float(miou(preds, targets)), abs=1e-6)
+    assert counts.sum() == (targets != 255).sum()

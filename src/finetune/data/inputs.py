@@ -119,21 +119,45 @@ def collate_inputs(batch: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def predict_transform(prep: Preprocessing, kind: str, data_cfg: DictConfig) -> Any:
+INPUT_KINDS = ("tensor", "pil", "mask")
+
+
+def input_kind(data_cfg: DictConfig) -> str:
+    """How the run's data turns an image into a model input: its `data.inputs`.
+
+    A checkpoint written before data configs said so (no `inputs` key) gets the rule it was
+    trained under: the embedded digits sets were tensors, everything else PIL images.
+    """
+    if "inputs" not in data_cfg:
+        return "tensor" if str(data_cfg.name).startswith("digits") else "pil"
+    if data_cfg.inputs not in INPUT_KINDS:
+        raise FinetuneError(
+            f"data.inputs={data_cfg.inputs} must be one of {', '.join(INPUT_KINDS)} "
+            "(how an image file becomes the model's input)"
+        )
+    return str(data_cfg.inputs)
+
+
+def predict_transform(prep: Preprocessing, data_cfg: DictConfig) -> Any:
     """What turns a PIL image into the model's input, as in training's evaluation.
 
     The image is decoded as in training too (data/images.py): upright by its EXIF orientation,
-    16-bit scaled, transparency on the run's data.background.
+    16-bit scaled, transparency on the run's data.background. `data.inputs` says which of the
+    evaluation transforms applies (data/loaders.py: transforms_for).
     """
     from torchvision.transforms import v2
 
     from finetune.data.images import background_of, to_rgb
     from finetune.data.loaders import transforms_for
+    from finetune.data.masks import image_tensor
 
+    kind = input_kind(data_cfg)
     background = background_of(data_cfg, prep.mean)
     rgb = v2.Lambda(lambda image: to_rgb(image, background))
     eval_tf = transforms_for(kind, prep, augment=False)[1]
     if kind == "pil":
         return v2.Compose([rgb, eval_tf])
+    if kind == "mask":  # the image alone through the joint transform, read as mask_folder does
+        return v2.Compose([rgb, v2.Lambda(image_tensor), eval_tf])
     to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
     return v2.Compose([rgb, to_tensor, eval_tf])

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from finetune.data.masks import MaskedImages, presence
+from finetune.data.masks import MaskedImages, image_tensor, presence
 from finetune.data.splits import Splits, stratified_split
 from finetune.safety.errors import FinetuneError
 
@@ -140,8 +140,7 @@ class PairLoader:
     def __call__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, _, mask = self.pairs[index]
         with Image.open(image_path) as image:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        return torch.from_numpy(pixels).permute(2, 0, 1), mask
+            return image_tensor(image).as_subclass(torch.Tensor), mask
 
 
 def files_set(pairs: list, root: Path, num_classes: int) -> MaskedImages:

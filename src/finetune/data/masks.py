@@ -48,6 +48,14 @@ class MaskedImages(Dataset):
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
 
 
+def image_tensor(image: Any) -> tv_tensors.Image:
+    """A PIL image as float RGB in [0, 1], (3, H, W): how every segmentation image is read."""
+    import numpy as np
+
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1))
+
+
 def presence(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(N, num_classes) 0/1 rows: which classes each (H, W) mask of `masks` shows."""
     rows = torch.zeros(len(masks), num_classes)

@@ -73,7 +73,7 @@ def model_from_checkpoint(
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     """Metrics of `cfg.ckpt` on a split; printed and written as JSON beside the checkpoint."""
     from finetune.engine.loop import evaluate
-    from finetune.engine.report import has_report, write_run_report
+    from finetune.engine.report import has_report
     from finetune.engine.state import check_format
     from finetune.tasks.base import build_task
 
@@ -117,7 +117,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         report_cfg = OmegaConf.merge(run_cfg, {"data": data_cfg, "report": cfg.report})
         title = f"{path} on {data_cfg.name} ({cfg.split})"
         report_dir = path.with_name(f"{path.stem}.report-{cfg.split}")
-        write_run_report(
+        task.write_report(
             report_dir, title, model, splits, cfg.split, prep, report_cfg, device, None
         )
     return results

@@ -31,5 +31,4 @@ def load_model(path: str) -> LoadedModel:
     tokenizer = getattr(model, "tokenizer", None)  # a text model's: its input transform
     if tokenizer is not None:
         return LoadedModel(model, tokenizer, classes)
-    kind = "tensor" if cfg.data.name.startswith("digits") else "pil"  # the embedded sets
-    return LoadedModel(model, predict_transform(prep, kind, cfg.data), classes)
+    return LoadedModel(model, predict_transform(prep, cfg.data), classes)

@@ -25,11 +25,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from finetune.data.inputs import InputFiles
 from finetune.engine.evaluation import checkpoint_path, model_from_checkpoint
 from finetune.engine.setup import pick_device
 from finetune.models.weights import safe_torch_load
-from finetune.records.prediction_files import add_truth, contact_sheet, write_rows
+from finetune.records.prediction_files import add_truth, write_rows
 from finetune.records.progress import ProgressBar
 from finetune.safety.errors import FinetuneError
 from finetune.tasks.base import Task, build_task
@@ -100,7 +99,9 @@ def run_predict(ckpt: str, spec: str, settings: DictConfig, out: Path | None) ->
     accuracy = sum(judged) / len(judged) if judged else None
     result = PredictResult(rows, unreadable, accuracy)
     if out is not None:
-        write_outputs(out, result, inputs, indices, settings.sheet_images)
+        write_outputs(out, result)
+        files = [inputs.files[i] for i in indices] if inputs.files else []  # texts have none
+        result.files.update(task.prediction_pictures(out, files, rows, probs, settings))
     return result
 
 
@@ -193,8 +194,9 @@ def predict_probs(
         if batch["images"] is not None:
             images = batch["images"]
             p = task.probabilities(forward(images) / temperature)
-            if settings.tta == "flip":  # the mirror image too: average the two
-                p = (p + task.probabilities(forward(images.flip(-1)) / temperature)) / 2
+            if settings.tta == "flip":  # the mirror image too, its outputs mirrored back
+                mirrored = task.probabilities(forward(images.flip(-1)) / temperature)
+                p = (p + task.unmirror(mirrored)) / 2
             probs.append(p)
             indices += batch["indices"]
         bar.advance()
@@ -204,9 +206,7 @@ def predict_probs(
     return torch.cat(probs), indices, errors
 
 
-def write_outputs(
-    out: Path, result: PredictResult, inputs: InputFiles, indices: list[int], sheet_images: int
-) -> None:
+def write_outputs(out: Path, result: PredictResult) -> None:
     columns = list(result.rows[0])
     result.files["csv"] = write_rows(out / "predictions.csv", result.rows, columns)
     unreadable = out / "unreadable.csv"
@@ -214,7 +214,3 @@ def write_outputs(
         result.files["unreadable"] = write_rows(unreadable, result.unreadable, ["file", "error"])
     else:
         unreadable.unlink(missing_ok=True)  # from an earlier prediction into the same folder
-    shown = min(sheet_images, len(result.rows), len(inputs.files))  # texts have no files
-    if shown:
-        files = [inputs.files[i] for i in indices[:shown]]
-        result.files["sheet"] = contact_sheet(out / "contact_sheet.png", files, result.rows[:shown])

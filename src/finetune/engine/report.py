@@ -147,7 +147,7 @@ def report_at_end_of_run(paths: RunPaths, parts: Parts, cfg: DictConfig) -> str 
         return None
     title = f"{cfg.model.name} on {cfg.data.name} (test): {paths.root}"
     try:
-        page = write_run_report(
+        page = parts.task.write_report(
             paths.root / "report", title, parts.model, parts.splits, "test", parts.prep, cfg,
             parts.stepper.device, parts.stepper.dtype, curves=paths.curves,
         )  # fmt: skip
@@ -158,13 +158,8 @@ def report_at_end_of_run(paths: RunPaths, parts: Parts, cfg: DictConfig) -> str 
 
 
 def has_report(task: Task) -> bool:
-    """The report (confusion, top losses by cross-entropy, temperature) is single-label's.
-
-    Other tasks get none yet (said once); the task says which (Task.has_report).
-    """
+    """Whether the task draws a report (Task.has_report); a task without one is said once."""
     if task.has_report:
         return True
-    log.info(
-        "No report for task %s: the report is drawn for image classification", type(task).__name__
-    )
+    log.info("No report for task %s: it draws none yet", type(task).__name__)
     return False

@@ -84,7 +84,9 @@ def per_class_rows(counts: np.ndarray, class_names: list[str]) -> list[dict[str,
     ]
 
 
-def confusion_pair_figure(counts: np.ndarray, class_names: list[str], title: str) -> Figure:
+def confusion_pair_figure(
+    counts: np.ndarray, class_names: list[str], title: str, unit: str = "images"
+) -> Figure:
     """Counts on the left, each row divided by its true class's size on the right.
 
     The counts are written in their cells (up to 20 classes); the fractions are the colours.
@@ -116,7 +118,7 @@ def confusion_pair_figure(counts: np.ndarray, class_names: list[str], title: str
             ax.text(col, row, str(counts[row, col]), ha="center", va="center", fontsize=7,
                     color="white" if dark else "black")  # fmt: skip
     accuracy = np.trace(counts) / max(counts.sum(), 1)
-    figure.suptitle(f"{title}: {int(counts.sum())} images, accuracy {accuracy:.4f}")
+    figure.suptitle(f"{title}: {int(counts.sum())} {unit}, accuracy {accuracy:.4f}")
     return figure
 
 

@@ -134,9 +134,31 @@ class Task:
 
     @property
     def has_report(self) -> bool:
-        """Whether the run report (engine/report.py: confusion, top losses, calibration) is drawn
-        for this task; it is single-label classification's so far."""
+        """Whether the run report (`write_report`) is drawn for this task."""
         return False
+
+    def write_report(
+        self,
+        report_dir: Path,
+        title: str,
+        model: nn.Module,
+        splits: Splits,
+        split: str,
+        prep: Preprocessing,
+        cfg: DictConfig,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        curves: Path | None = None,
+    ) -> Path:
+        """The report of `model` on `split` in `report_dir` (where `has_report`); its index.html.
+
+        A classifier's: confusion, top losses, calibration (engine/report.py).
+        """
+        from finetune.engine.report import write_run_report
+
+        return write_run_report(
+            report_dir, title, model, splits, split, prep, cfg, device, dtype, curves
+        )
 
     def pictures(self, predictions: Predictions, images: int, epoch: int) -> dict[str, Any]:
         """Tag -> picture (a float (3, H, W) tensor in [0, 1]) of a validation pass."""
@@ -164,9 +186,8 @@ class Task:
         )
 
         inputs = gather_inputs(spec, self.class_names)
-        kind = "tensor" if data_cfg.name.startswith("digits") else "pil"  # as load_model
         loader = DataLoader(
-            PredictImages(inputs.files, predict_transform(prep, kind, data_cfg)),
+            PredictImages(inputs.files, predict_transform(prep, data_cfg)),
             batch_size=settings.batch_size,
             num_workers=settings.num_workers,
             collate_fn=collate_inputs,
@@ -178,6 +199,32 @@ class Task:
     ) -> list[dict[str, Any]]:
         """One row per input for predict's CSV."""
         raise NotImplementedError
+
+    def unmirror(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The outputs of a mirrored input as those of the input (predict.tta=flip).
+
+        A class does not move when its image is mirrored: as they are.
+        """
+        return outputs
+
+    def prediction_pictures(
+        self,
+        out: Path,
+        files: list[Path],
+        rows: list[dict[str, Any]],
+        probabilities: torch.Tensor,
+        settings: DictConfig,
+    ) -> dict[str, Path]:
+        """predict's pictures of the inputs (`files`, in the rows' order) -> kind: path.
+
+        A contact sheet of the first `predict.sheet_images` with their predicted labels.
+        """
+        from finetune.records.prediction_files import contact_sheet
+
+        shown = min(settings.sheet_images, len(rows), len(files))
+        if not shown:
+            return {}
+        return {"sheet": contact_sheet(out / "contact_sheet.png", files[:shown], rows[:shown])}
 
 
 def build_task(cfg: DictConfig, class_names: list[str]) -> Task:

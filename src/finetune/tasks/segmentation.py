@@ -9,14 +9,17 @@ overlays of a fixed set of validation images, and the pixel confusion matrix.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from omegaconf import DictConfig
 from torchmetrics import MetricCollection
 
 from finetune.tasks.base import Task
 
 if TYPE_CHECKING:
+    from finetune.data import Preprocessing, Splits
     from finetune.records.predictions import Predictions
 
 
@@ -70,6 +73,30 @@ class Segmentation(Task):
         present = [int(c) for c in value.unique() if int(c) != self.ignore_index]
         return "+".join(self.class_names[c] for c in present) or "(none)"
 
+    @property
+    def has_report(self) -> bool:
+        return True
+
+    def write_report(
+        self,
+        report_dir: Path,
+        title: str,
+        model: torch.nn.Module,
+        splits: Splits,
+        split: str,
+        prep: Preprocessing,
+        cfg: DictConfig,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        curves: Path | None = None,
+    ) -> Path:
+        """Per-class IoU, the pixel confusion matrix and the worst images (lowest IoU)."""
+        from finetune.engine.segmentation_report import write_segmentation_report
+
+        return write_segmentation_report(
+            report_dir, title, model, splits, split, prep, cfg, device, dtype, curves
+        )
+
     def pictures(self, predictions: Predictions, images: int, epoch: int) -> dict[str, Any]:
         from finetune.records.overlays import overlay_grid, pixel_confusion_image
 
@@ -95,3 +122,24 @@ class Segmentation(Task):
             )
             rows.append(row)
         return rows
+
+    def unmirror(self, outputs: torch.Tensor) -> torch.Tensor:
+        """A mask moves with its image: (N, C, H, W) mirrored back along W."""
+        return outputs.flip(-1)
+
+    def prediction_pictures(
+        self,
+        out: Path,
+        files: list[Path],
+        rows: list[dict[str, Any]],
+        probabilities: torch.Tensor,
+        settings: DictConfig,
+    ) -> dict[str, Path]:
+        """A mask PNG and an overlay per input, and a contact sheet of the overlays."""
+        from finetune.records.prediction_masks import write_mask_files
+
+        names = [row["file"] for row in rows]
+        masks = self.decisions(probabilities)
+        return write_mask_files(
+            out, files, names, masks, self.num_outputs, self.label_text, settings.sheet_images
+        )

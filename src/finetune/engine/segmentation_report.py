@@ -1,0 +1,119 @@
+"""Collect a segmentation report: one pass over a split, counted pixel by pixel.
+
+The pass keeps no logits (a split of large masks would not fit): per batch it adds to the
+pixel confusion counts (labelled pixels only) and keeps each image's predicted mask (bytes)
+and its IoU, from which the worst images are picked. Like the classification report
+(engine/report.py) it runs once, after the test phase or in eval.py, in order and unsharded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from finetune.data import Preprocessing, Splits
+from finetune.data.folders import collate_readable
+from finetune.data.loaders import worker_count
+from finetune.engine.precision import autocast
+from finetune.engine.report import Indexed, display_image, kind_of, sample_names
+from finetune.records.segmentation_report import MaskReportInputs, write_mask_report
+from finetune.safety.errors import FinetuneError
+
+log = logging.getLogger(__name__)
+
+
+def pixel_counts(targets: torch.Tensor, preds: torch.Tensor, n: int, ignore: int) -> torch.Tensor:
+    """counts[true, predicted] over the labelled pixels of a batch."""
+    labelled = targets != ignore
+    pairs = targets[labelled] * n + preds[labelled]
+    return torch.bincount(pairs, minlength=n * n).view(n, n)
+
+
+def image_ious(targets: torch.Tensor, preds: torch.Tensor, n: int, ignore: int) -> torch.Tensor:
+    """Each image's IoU: the mean over the classes in its true or predicted mask."""
+    ious = []
+    for target, pred in zip(targets, preds, strict=True):
+        counts = pixel_counts(target, pred, n, ignore).double()
+        union = counts.sum(0) + counts.sum(1) - counts.diag()
+        shown = union > 0
+        ious.append((counts.diag()[shown] / union[shown]).mean() if shown.any() else 1.0)
+    return torch.tensor(ious, dtype=torch.float64)
+
+
+@torch.no_grad()
+def mask_pass(
+    model: nn.Module,
+    dataset: Dataset,
+    data_cfg: DictConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    n: int,
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pixel confusion counts, per-image IoU, predicted masks, sample indices) of a split."""
+    loader = DataLoader(
+        Indexed(dataset),
+        batch_size=data_cfg.batch_size,
+        num_workers=worker_count(data_cfg.num_workers, kind_of(dataset)),
+        collate_fn=collate_readable,
+    )
+    model.eval()
+    ignore = int(data_cfg.ignore_index)
+    counts = torch.zeros(n, n, dtype=torch.int64)
+    ious, preds, indices = [], [], []
+    for images, targets, index in loader:
+        with autocast(device, dtype):
+            pred = model(images.to(device)).float().argmax(dim=1).cpu()
+        targets = targets.long()
+        counts += pixel_counts(targets, pred, n, ignore)
+        ious.append(image_ious(targets, pred, n, ignore))
+        preds.append(pred.to(torch.uint8 if n <= 256 else torch.int64))
+        indices.append(index.long())
+    return counts.numpy(), torch.cat(ious), torch.cat(preds), torch.cat(indices)
+
+
+def write_segmentation_report(
+    report_dir: Path,
+    title: str,
+    model: nn.Module,
+    splits: Splits,
+    split: str,
+    prep: Preprocessing,
+    cfg: DictConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    curves: Path | None = None,
+) -> Path:
+    """The segmentation report of `model` on `split` in `report_dir`; returns its index.html."""
+    started = time.perf_counter()
+    dataset = getattr(splits, split)
+    if len(dataset) == 0:
+        raise FinetuneError(f"the {split} split is empty: there is nothing to report on")
+    n = len(splits.class_names)
+    counts, ious, preds, indices = mask_pass(model, dataset, cfg.data, device, dtype, n)
+    worst = np.argsort(ious.numpy(), kind="stable")[: cfg.report.top_losses].tolist()
+    gallery = []
+    for position in worst:
+        index = int(indices[position])
+        gallery.append((position, display_image(dataset, index, prep), dataset[index][1]))
+    inputs = MaskReportInputs(
+        title=title,
+        split=split,
+        class_names=list(splits.class_names),
+        ignore_index=int(cfg.data.ignore_index),
+        counts=counts,
+        ious=ious,
+        preds=preds,
+        names=sample_names(dataset, split, indices),
+        gallery=gallery,
+        curves=curves,
+    )
+    page = write_mask_report(report_dir, inputs)
+    log.info("Report written in %.1fs: %s", time.perf_counter() - started, page)
+    return page
