@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
@@ -21,13 +21,15 @@ from torch.utils.data import DataLoader, Dataset
 from finetune.data import Preprocessing, Splits
 from finetune.data.folders import collate_readable
 from finetune.data.loaders import worker_count
-from finetune.engine.build import Parts
 from finetune.engine.precision import autocast
-from finetune.engine.rundir import RunPaths
 from finetune.records.calibration import fit_temperature
 from finetune.records.report import ReportInputs, top_loss_indices, write_report
 from finetune.safety.errors import FinetuneError
-from finetune.tasks.base import Task
+
+if TYPE_CHECKING:
+    from finetune.engine.build import Parts
+    from finetune.engine.rundir import RunPaths
+    from finetune.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
