@@ -56,6 +56,28 @@ def test_multilabel_monitors_map_and_tests_the_best_checkpoint(multilabel_run):
     assert state["config"]["loss"]["_target_"] == "torch.nn.BCEWithLogitsLoss"
 
 
+def test_multilabel_report_agrees_with_the_test_metrics(multilabel_run):
+    """Per label at the task's threshold: its macro F1 and mean AP are test/f1_macro, test/map."""
+    summary = json.loads((multilabel_run / "summary.json").read_text())
+    report = multilabel_run / "report"
+    assert summary["report"] == str(report / "index.html")
+    with (report / "per_label.csv").open() as f:
+        labels = list(csv.DictReader(f))
+    assert [row["class"] for row in labels] == [str(i) for i in range(10)]
+    macro_f1 = sum(float(row["f1"]) for row in labels) / len(labels)
+    mean_ap = sum(float(row["average_precision"]) for row in labels) / len(labels)
+    assert macro_f1 == pytest.approx(summary["test"]["test/f1_macro"], abs=1e-5)
+    assert mean_ap == pytest.approx(summary["test"]["test/map"], abs=1e-5)
+    cells = (report / "confusion.csv").read_text().splitlines()
+    assert cells[0] == "TN,FP,FN,TP" and len(cells) == 11
+    images = {sum(int(c) for c in line.split(",")) for line in cells[1:]}
+    assert len(images) == 1  # every label decided once per test image
+    calibration = json.loads((report / "calibration.json").read_text())
+    assert calibration["temperature"] > 0 and 0 <= calibration["ece"] <= 1
+    for name in ("confusion.png", "reliability.png", "top_losses.png", "top_losses.csv"):
+        assert (report / name).stat().st_size > 0, name
+
+
 def test_multilabel_resumes_bitwise(multilabel_run, run_train):
     first = run_train(*MULTILABEL, "trainer.epochs=1", "scheduler=none")
     assert first.returncode == 0, first.output[-2000:]

@@ -64,7 +64,7 @@ def reliability_bins(
 
 
 def reliability_figure(
-    logits: torch.Tensor, targets: torch.Tensor, bins: int, temperature: float
+    logits: torch.Tensor, targets: torch.Tensor, bins: int, temperature: float, unit: str = "images"
 ) -> Figure:
     """Accuracy against confidence per bin, before and after temperature scaling."""
     from matplotlib.figure import Figure
@@ -84,6 +84,6 @@ def reliability_figure(
                edgecolor="black", color="C0", label="accuracy")  # fmt: skip
         ax.plot([0, 1], [0, 1], "--", color="gray", label="perfectly calibrated")
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
-        ax.set_title(f"{title}: ECE {ece:.4f} ({int(counts.sum())} images)")
+        ax.set_title(f"{title}: ECE {ece:.4f} ({int(counts.sum())} {unit})")
         ax.legend(loc="upper left", fontsize=8)
     return figure

@@ -2,17 +2,24 @@
 
 Targets are 0/1 vectors (one entry per label). The loss is binary cross-entropy on the logits
 (conf/loss/bce.yaml); metrics are macro and micro F1 at `task.threshold` and the mean average
-precision over labels (threshold-free), the default monitor (`val/map`).
+precision over labels (threshold-free), the default monitor (`val/map`). Its report is per label
+(records/multilabel_report.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+from omegaconf import DictConfig
+from torch import nn
 from torchmetrics import MetricCollection
 
 from finetune.tasks.base import Task
+
+if TYPE_CHECKING:
+    from finetune.data import Preprocessing, Splits
 
 
 class MultiLabel(Task):
@@ -56,6 +63,31 @@ class MultiLabel(Task):
     def label_text(self, value: torch.Tensor) -> str:
         chosen = [self.class_names[i] for i in value.nonzero().flatten().tolist()]
         return "+".join(chosen) if chosen else "(none)"
+
+    @property
+    def has_report(self) -> bool:
+        return True
+
+    def write_report(
+        self,
+        report_dir: Path,
+        title: str,
+        model: nn.Module,
+        splits: Splits,
+        split: str,
+        prep: Preprocessing,
+        cfg: DictConfig,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        curves: Path | None = None,
+    ) -> Path:
+        """Per label: precision, recall, F1, AP, TN/FP/FN/TP; top losses; calibration of the
+        yes/no decisions (engine/multilabel_report.py)."""
+        from finetune.engine.multilabel_report import write_multilabel_report
+
+        return write_multilabel_report(
+            report_dir, title, model, splits, split, prep, cfg, device, dtype, curves
+        )
 
     def prediction_rows(
         self, names: list[str], probabilities: torch.Tensor, top_k: int
