@@ -64,3 +64,17 @@ def test_the_report_s_pixel_counts_give_torchmetrics_per_class_iou():
     miou = MulticlassJaccardIndex(num_classes=4, average="macro", ignore_index=255)
     assert mean_iou(counts, rows) == pytest.approx(float(miou(preds, targets)), abs=1e-6)
     assert counts.sum() == (targets != 255).sum()
+
+
+def test_predict_keeps_masks_not_probabilities_and_rows_count_their_pixels(tmp_path):
+    """A folder of inputs would need C floats a pixel; predict keeps one byte a pixel."""
+    task = build_task(compose_train(tmp_path, "task=segmentation"), NAMES)
+    probabilities = torch.rand(2, 3, 4, 4).softmax(dim=1)
+    kept = task.kept_outputs(probabilities)
+    assert kept.dtype == torch.uint8 and kept.shape == (2, 4, 4)
+    assert torch.equal(kept.long(), probabilities.argmax(dim=1))
+    rows = task.prediction_rows(["x.png", "y.png"], kept, top_k=1)
+    for row, mask in zip(rows, kept, strict=True):
+        shares = [row[f"pixels_{name}"] for name in NAMES]
+        expected = [float((mask == c).float().mean()) for c in range(3)]
+        assert shares == pytest.approx(expected, abs=1e-6)

@@ -186,7 +186,8 @@ def predict_probs(
     settings: DictConfig,
     temperature: float,
 ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
-    """Class probabilities of the readable inputs, their indices, and the unreadable ones."""
+    """What the task keeps of the readable inputs' class probabilities (Task.kept_outputs),
+    their indices, and the unreadable ones."""
     bar = ProgressBar(len(loader), "predict", settings.progress_bar)
     probs, indices, errors = [], [], []
     for batch in loader:
@@ -197,7 +198,7 @@ def predict_probs(
             if settings.tta == "flip":  # the mirror image too, its outputs mirrored back
                 mirrored = task.probabilities(forward(images.flip(-1)) / temperature)
                 p = (p + task.unmirror(mirrored)) / 2
-            probs.append(p)
+            probs.append(task.kept_outputs(p))
             indices += batch["indices"]
         bar.advance()
     bar.close()

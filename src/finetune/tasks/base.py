@@ -200,6 +200,11 @@ class Task:
         """One row per input for predict's CSV."""
         raise NotImplementedError
 
+    def kept_outputs(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """What predict keeps of a batch's probabilities until every input is done, and hands
+        to `prediction_rows` and `prediction_pictures`: all of them (a few floats an input)."""
+        return probabilities
+
     def unmirror(self, outputs: torch.Tensor) -> torch.Tensor:
         """The outputs of a mirrored input as those of the input (predict.tta=flip).
 

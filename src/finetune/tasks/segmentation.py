@@ -105,13 +105,19 @@ class Segmentation(Task):
             pictures["val/overlays"] = overlay_grid(predictions, images, self.ignore_index)
         return pictures
 
+    def kept_outputs(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The predicted masks, (N, H, W) uint8 where the classes fit: C floats a pixel for a
+        whole folder of inputs would not fit in memory."""
+        masks = self.decisions(probabilities)
+        return masks.to(torch.uint8) if self.num_outputs <= 256 else masks
+
     def prediction_rows(
-        self, names: list[str], probabilities: torch.Tensor, top_k: int
+        self, names: list[str], masks: torch.Tensor, top_k: int
     ) -> list[dict[str, Any]]:
         """file, then the fraction of the image's pixels predicted as each class."""
         rows = []
-        for name, probs in zip(names, probabilities, strict=True):
-            counts = torch.bincount(probs.argmax(dim=0).flatten(), minlength=self.num_outputs)
+        for name, mask in zip(names, masks, strict=True):
+            counts = torch.bincount(mask.flatten().long(), minlength=self.num_outputs)
             fractions = (counts.float() / counts.sum()).tolist()
             row: dict[str, Any] = {"file": name}
             row.update(
@@ -132,14 +138,13 @@ class Segmentation(Task):
         out: Path,
         files: list[Path],
         rows: list[dict[str, Any]],
-        probabilities: torch.Tensor,
+        masks: torch.Tensor,
         settings: DictConfig,
     ) -> dict[str, Path]:
         """A mask PNG and an overlay per input, and a contact sheet of the overlays."""
         from finetune.records.prediction_masks import write_mask_files
 
         names = [row["file"] for row in rows]
-        masks = self.decisions(probabilities)
         return write_mask_files(
             out, files, names, masks, self.num_outputs, self.label_text, settings.sheet_images
         )
