@@ -1,6 +1,7 @@
 """Text classification end to end, on one tiny run of the embedded text default (a tiny BERT and
 a word-level tokenizer trained on the generated reviews): it trains, resumes bit for bit, eval.py
-reproduces its test metrics, predict.py labels a text file, and <run>/hf opens in transformers.
+reproduces its test metrics, the reports (the run's and eval's) agree with them, predict.py
+labels a text file, and <run>/hf opens in transformers.
 
 One module-scoped straight run serves every assertion; the resume test adds an interrupted run
 and its resumption (FINETUNE_SIGNAL_AT_STEP stops it at a known step, not at a moment).
@@ -25,7 +26,8 @@ RUN = (
     "trainer.epochs=3",
     "trainer.limit_train_batches=4",
     "trainer.progress_bar=false",
-    "logger=csv",
+    "logger=[csv,tensorboard]",
+    "logger.tensorboard.histogram_every_n_epochs=0",
 )
 INTERRUPT_AT_STEP = 6  # mid-way through epoch 2
 
@@ -49,6 +51,24 @@ def test_the_run_records_text_metrics_and_keeps_its_tokenizer(text_run):
     with (text_run / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    log_lines = (text_run / "train.log").read_text().splitlines()
+    epochs = [line for line in log_lines if "| train/loss" in line]
+    assert len(epochs) == 3 and all(" samples/s | " in line for line in epochs), epochs
+
+
+def test_tensorboard_lists_the_misclassified_validation_texts_each_epoch(text_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(text_run / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    tables = events.Tensors("val/misclassified/text_summary")  # add_text appends the suffix
+    assert len(tables) == 3  # one per epoch
+    markdown = tables[-1].tensor_proto.string_val[0].decode()
+    header, rule, *rows = markdown.splitlines()
+    assert header == "| text | true | predicted | probability |" and rows
+    for row in rows:
+        text, true, predicted, probability = (cell.strip() for cell in row.strip("|").split("|"))
+        assert text and true != predicted and 0 < float(probability) <= 1
 
 
 def test_best_weights_open_in_transformers_with_their_tokenizer(text_run):
@@ -72,12 +92,43 @@ def test_best_weights_open_in_transformers_with_their_tokenizer(text_run):
     torch.testing.assert_close(ours, theirs)
 
 
-def test_eval_reproduces_the_test_metrics(text_run, tmp_path):
+def test_eval_reproduces_the_test_metrics_and_the_reports_agree_with_it(text_run, tmp_path):
     result = run_script("eval.py", f"ckpt={text_run}", base=tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     written = json.loads((text_run / "checkpoints/best.eval-test.json").read_text())
     trained = json.loads((text_run / "summary.json").read_text())["test"]
     assert written["metrics"] == pytest.approx(trained, abs=1e-6)
+    # The run's report (after its test phase) and eval's (beside the checkpoint), same split.
+    for report in (text_run / "report", text_run / "checkpoints/best.report-test"):
+        check_text_report(report, written["metrics"])
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def check_text_report(report: Path, metrics: dict[str, float]) -> None:
+    """Per-class figures that average to eval's; the misclassified texts, worst first."""
+    assert {"index.html", "confusion.png", "reliability.png", "calibration.json"} <= {
+        path.name for path in report.iterdir()
+    }
+    classes = read_rows(report / "per_class.csv")
+    assert [row["class"] for row in classes] == ["negative", "neutral", "positive"]
+    f1 = [float(row["f1"]) for row in classes]
+    recall = [float(row["recall"]) for row in classes]
+    support = [int(row["support"]) for row in classes]
+    assert sum(f1) / 3 == pytest.approx(metrics["test/f1_macro"], abs=1e-5)
+    assert sum(recall) / 3 == pytest.approx(metrics["test/balanced_acc"], abs=1e-5)
+    right = sum(r * n for r, n in zip(recall, support, strict=True))
+    assert right / sum(support) == pytest.approx(metrics["test/acc"], abs=1e-5)
+    wrong = read_rows(report / "misclassified.csv")
+    assert len(wrong) == min(24, round(sum(support) - right))  # report.top_losses=24
+    assert all(row["true"] != row["predicted"] and row["text"].endswith(".") for row in wrong)
+    losses = [float(row["loss"]) for row in wrong]
+    assert losses == sorted(losses, reverse=True)
+    page = (report / "index.html").read_text()
+    assert "Misclassified texts" in page and all(row["text"] in page for row in wrong)
 
 
 def test_predict_on_a_text_file_writes_labels_and_probabilities(text_run, tmp_path):

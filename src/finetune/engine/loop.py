@@ -127,7 +127,7 @@ def train_one_epoch(
         if log_step:
             watch.check()
             rate = images_seen / (time.perf_counter() - start)
-            log_train_step(loggers, bar, loss.item() * accumulate, rate, loop.global_step)
+            log_train_step(loggers, bar, loss.item() * accumulate, rate, loop.global_step, task)
         bar.advance()
         # Ranks must stop at the same step; agreeing costs a collective, so only on log steps.
         stopping = any_rank(stop.requested, device) if log_step or not distributed else False
@@ -170,10 +170,11 @@ def forward_backward(
 
 
 def log_train_step(
-    loggers: Loggers, bar: ProgressBar, loss: float, images_per_s: float, step: int
+    loggers: Loggers, bar: ProgressBar, loss: float, images_per_s: float, step: int, task: Task
 ) -> None:
+    """The step's scalars (train/images_per_s counts samples of any kind); the bar's postfix."""
     loggers.log_metrics({"train/loss": loss, "train/images_per_s": images_per_s}, step)
-    bar.show(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
+    bar.show(**{"loss": f"{loss:.4f}", task.rate_unit: f"{images_per_s:.0f}"})
 
 
 def optimizer_step(model: nn.Module, stepper: Stepper, grad_clip: float | None, step: int) -> None:

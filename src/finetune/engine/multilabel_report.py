@@ -13,8 +13,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from finetune.data import Preprocessing, Splits
-from finetune.engine.report import display_image, sample_names, split_outputs
+from finetune.engine.report import split_outputs
 from finetune.records.calibration import fit_temperature
+from finetune.records.exhibits import display_image, sample_names
 from finetune.records.multilabel_report import (
     LabelReportInputs,
     decision_logits,

@@ -48,13 +48,14 @@ def record_epoch(run: Run, row: dict[str, Any], samples: Predictions | None, is_
     loggers.log_histograms(run.parts.model, row["epoch"], step)  # last step's .grad: no sync
     val = {k: v for k, v in row.items() if k.startswith(("val/", "val_ema/"))}
     log.info(
-        "epoch %d/%d | train/loss %.4f | %s | lr %.2e | %.0f img/s | %.1fs%s",
+        "epoch %d/%d | train/loss %.4f | %s | lr %.2e | %.0f %s | %.1fs%s",
         row["epoch"],
         run.cfg.trainer.epochs,
         row["train/loss"],
         format_metrics(val),
         row["lr"],
         row["images_per_s"],
+        run.parts.task.rate_unit,
         row["epoch_time_s"],
         " | best" if is_best else "",
     )

@@ -3,13 +3,15 @@
 Called once at the end of a run (after the test phase) and by eval.py, never per epoch, so
 the report costs no training time. The passes are in order and unsharded (rank 0 alone), so
 sample i of the outputs is sample i of the split: the gallery can fetch its images, and the
-per-sample names (files) line up.
+per-sample names (files, texts) line up. What the samples are (images, texts) is the task's
+(Task.report_exhibits, records/exhibits.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,7 @@ from finetune.data.folders import collate_readable
 from finetune.data.loaders import worker_count
 from finetune.engine.precision import autocast
 from finetune.records.calibration import fit_temperature
+from finetune.records.exhibits import ImageExhibits
 from finetune.records.report import ReportInputs, top_loss_indices, write_report
 from finetune.safety.errors import FinetuneError
 
@@ -60,13 +63,15 @@ def split_outputs(
     data_cfg: DictConfig,
     device: torch.device,
     dtype: torch.dtype | None,
+    collate: Callable[[list[Any]], Any] = collate_readable,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits, targets, sample indices) of a whole split, in order, on the CPU."""
+    """(logits, targets, sample indices) of a whole split, in order, on the CPU; `collate`
+    batches (input, target, index) samples (images by default; texts pad theirs)."""
     loader = DataLoader(
         Indexed(dataset),
         batch_size=data_cfg.batch_size,
         num_workers=worker_count(data_cfg.num_workers, kind_of(dataset)),
-        collate_fn=collate_readable,
+        collate_fn=collate,
     )
     model.eval()
     parts: list[tuple[torch.Tensor, ...]] = []
@@ -76,27 +81,6 @@ def split_outputs(
         parts.append((logits, targets, indices))
     logits, targets, indices = (torch.cat(column) for column in zip(*parts, strict=True))
     return logits.cpu(), targets.long(), indices.long()
-
-
-def sample_names(dataset: Dataset, split: str, indices: torch.Tensor) -> list[str]:
-    """Each sample's file where the data set has files, else split[index]."""
-    files = getattr(dataset, "samples", None)
-    if isinstance(files, list) and files and isinstance(files[0][0], str):
-        return [files[i][0] for i in indices.tolist()]
-    return [f"{split}[{i}]" for i in indices.tolist()]
-
-
-def display_image(dataset: Dataset, index: int, prep: Preprocessing) -> Any:
-    """The sample as the model saw it (after the eval transform), back in [0, 255] RGB."""
-    from PIL import Image
-
-    image = dataset[index][0].float()
-    mean = torch.tensor(prep.mean).view(-1, 1, 1)
-    std = torch.tensor(prep.std).view(-1, 1, 1)
-    pixels = ((image * std + mean).clamp(0, 1) * 255).round().byte()
-    if pixels.shape[0] == 1:
-        pixels = pixels.expand(3, -1, -1)
-    return Image.fromarray(pixels.permute(1, 2, 0).numpy())
 
 
 def write_run_report(
@@ -110,18 +94,24 @@ def write_run_report(
     device: torch.device,
     dtype: torch.dtype | None,
     curves: Path | None = None,
+    exhibits: Any = None,
 ) -> Path:
     """The report of `model` on `split` (temperature fitted on val).
 
     `cfg` is a run's config (model, data, report): data.batch_size and num_workers load the
-    splits as the run did.
+    splits as the run did. `exhibits`: the task's (Task.report_exhibits); None: images.
     """
+    exhibits = exhibits or ImageExhibits()
     started = time.perf_counter()
     if len(getattr(splits, split)) == 0 or len(splits.val) == 0:
         raise FinetuneError(f"the {split} or the val split is empty: there is nothing to report on")
-    val_logits, val_targets, _ = split_outputs(model, splits.val, cfg.data, device, dtype)
+    val_logits, val_targets, _ = split_outputs(
+        model, splits.val, cfg.data, device, dtype, exhibits.collate
+    )
     dataset = getattr(splits, split)
-    logits, targets, indices = split_outputs(model, dataset, cfg.data, device, dtype)
+    logits, targets, indices = split_outputs(
+        model, dataset, cfg.data, device, dtype, exhibits.collate
+    )
     top = top_loss_indices(logits, targets, cfg.report.top_losses)
     inputs = ReportInputs(
         title=title,
@@ -129,11 +119,12 @@ def write_run_report(
         class_names=list(splits.class_names),
         logits=logits,
         targets=targets,
-        names=sample_names(dataset, split, indices),
-        gallery=[(i, display_image(dataset, int(indices[i]), prep)) for i in top],
+        names=exhibits.names(dataset, split, indices),
+        gallery=[(i, exhibits.exhibit(dataset, int(indices[i]), prep)) for i in top],
         temperature=fit_temperature(val_logits, val_targets),
         calibration_bins=cfg.report.calibration_bins,
         curves=curves,
+        exhibits=exhibits,
     )
     page = write_report(report_dir, inputs)
     log.info("Report written in %.1fs: %s", time.perf_counter() - started, page)

@@ -22,7 +22,8 @@ from finetune.data import Preprocessing, Splits
 from finetune.data.folders import collate_readable
 from finetune.data.loaders import worker_count
 from finetune.engine.precision import autocast
-from finetune.engine.report import Indexed, display_image, kind_of, sample_names
+from finetune.engine.report import Indexed, kind_of
+from finetune.records.exhibits import display_image, sample_names
 from finetune.records.segmentation_report import MaskReportInputs, write_mask_report
 from finetune.safety.errors import FinetuneError
 

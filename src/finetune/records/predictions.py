@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 SPRITE_SIZE = 32
 
 
+# A table for the loggers: its column names and its rows (TensorBoard text, a W&B table).
+Table = tuple[list[str], list[list[Any]]]
+
+
 class Predictions:
     def __init__(
         self,
@@ -36,8 +40,10 @@ class Predictions:
         images: int,
         pr_curve_classes: int,
         embedding_samples: int,
+        tabulate: Callable[[Predictions, int], dict[str, Table]] | None = None,
     ) -> None:
         self.model = model
+        self.tabulate = tabulate  # the task's tables of this pass (texts: the misclassified)
         self.class_names = list(class_names)
         self.label_text = label_text  # the task's: a target or a decision in words
         self.draw = draw  # the task's pictures of this pass
@@ -49,6 +55,12 @@ class Predictions:
         self.parts: dict[str, list[torch.Tensor]] = {
             k: [] for k in ("targets", "preds", "probs", "images", "features", "sprites")
         }
+        # Inputs that are no pictures (token ids), every sample's, and each decision's
+        # probability: what a table of texts shows. Batches differ in length: kept per batch.
+        self.token_batches: list[torch.Tensor] = []
+        self.confidence_parts: list[torch.Tensor] = []
+        self.tokens: list[torch.Tensor] = []  # one (2, length) tensor per sample, after close()
+        self.confidence = torch.empty(0)
         self.kept_images = self.kept_features = 0
         self.batch_features: torch.Tensor | None = None
         self.hook = None
@@ -85,6 +97,9 @@ class Predictions:
         if self.max_pr_classes:
             self.parts["probs"].append(probabilities.detach()[:, : self.max_pr_classes])
         pixels = images.is_floating_point()  # token ids (texts) are no pictures
+        if not pixels and self.tabulate is not None:
+            self.token_batches.append(images.detach())
+            self.confidence_parts.append(probabilities.detach().max(dim=1).values)
         take = min(self.max_images - self.kept_images, images.shape[0]) if pixels else 0
         if take > 0:
             self.parts["images"].append(images[:take].detach())
@@ -117,6 +132,10 @@ class Predictions:
         if "features" in parts:
             self.features = parts["features"].float().clone()
             self.sprites = self.denormalise(parts["sprites"])
+        if self.token_batches:
+            self.tokens = [row for batch in self.token_batches for row in batch.cpu()]
+            self.confidence = torch.cat(self.confidence_parts).float().cpu()
+            self.token_batches, self.confidence_parts = [], []
 
     def denormalise(self, images: torch.Tensor) -> torch.Tensor:
         """Back to [0, 1] RGB for display (one-channel images are repeated to three)."""
@@ -126,6 +145,12 @@ class Predictions:
     def task_pictures(self, images: int, epoch: int) -> dict[str, torch.Tensor]:
         """The task's pictures of this pass (drawn once, however many backends show them)."""
         return self.picture(("task", images), lambda: self.draw(self, images, epoch))
+
+    def task_tables(self, rows: int) -> dict[str, Table]:
+        """The task's tables of this pass (tag -> columns and rows), drawn once."""
+        if self.tabulate is None:
+            return {}
+        return self.picture(("tables", rows), lambda: self.tabulate(self, rows))
 
     def is_target(self, index: int) -> torch.Tensor:
         """Whether each sample's truth includes class `index` (one class, or a 0/1 row)."""

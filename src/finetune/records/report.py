@@ -4,7 +4,7 @@
       index.html          everything below and the learning curves, on one page (self-contained)
       confusion.png       counts and row-normalised
       per_class.csv       precision, recall, F1 and support of each class
-      top_losses.png/csv  the test images the model got most wrong
+      top_losses.png/csv  the test images the model got most wrong (text: misclassified.csv)
       reliability.png     accuracy against confidence, before and after temperature scaling
       calibration.json    temperature (fitted on validation), ECE and NLL before and after
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from finetune.records.calibration import (
     expected_calibration_error,
     reliability_figure,
 )
+from finetune.records.exhibits import ImageExhibits
 from finetune.records.gallery import Tile, draw_sheet
 from finetune.records.visuals import confusion_counts
 
@@ -48,10 +49,12 @@ class ReportInputs:
     logits: torch.Tensor  # (N, C), float, CPU
     targets: torch.Tensor  # (N,)
     names: list[str]  # a name per sample (its file, or split[index])
-    gallery: list[tuple[int, Image.Image]]  # (sample index, image) of the top losses
+    gallery: list[tuple[int, Any]]  # (sample index, image or text) of the top losses
     temperature: float  # fitted on the validation split
     calibration_bins: int
     curves: Path | None  # the run's curves.png, shown when it exists
+    # What the samples are (records/exhibits.py: images, or text_report.py: texts).
+    exhibits: Any = field(default_factory=ImageExhibits)
 
 
 def sample_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -132,7 +135,7 @@ def top_loss_rows(inputs: ReportInputs, indices: list[int]) -> list[dict[str, An
         rows.append(
             {
                 "index": index,
-                "file": inputs.names[index],
+                inputs.exhibits.column: inputs.names[index],
                 "true": names[int(inputs.targets[index])],
                 "predicted": names[predicted],
                 "probability": round(float(probs[index, predicted]), 6),
@@ -183,8 +186,10 @@ def write_report(report_dir: Path, inputs: ReportInputs) -> Path:
     n = len(inputs.class_names)
     preds = inputs.logits.argmax(dim=1)
     counts = confusion_counts(inputs.targets.long(), preds.long(), n)
+    exhibits = inputs.exhibits
+    confusion = confusion_pair_figure(counts, inputs.class_names, inputs.title, exhibits.noun)
     pictures = {
-        "confusion": figure_png(confusion_pair_figure(counts, inputs.class_names, inputs.title)),
+        "confusion": figure_png(confusion),
         "reliability": figure_png(
             reliability_figure(
                 inputs.logits, inputs.targets, inputs.calibration_bins, inputs.temperature
@@ -193,12 +198,11 @@ def write_report(report_dir: Path, inputs: ReportInputs) -> Path:
     }
     classes = per_class_rows(counts, inputs.class_names)
     write_csv(report_dir / "per_class.csv", classes)
-    losses = top_loss_rows(inputs, [index for index, _ in inputs.gallery])
-    write_csv(report_dir / "top_losses.csv", losses)
-    if losses:
-        buffer = io.BytesIO()
-        top_loss_sheet(losses, dict(inputs.gallery)).save(buffer, format="PNG")
-        pictures["top_losses"] = buffer.getvalue()
+    losses = exhibits.listed(top_loss_rows(inputs, [index for index, _ in inputs.gallery]))
+    write_csv(report_dir / exhibits.table_file, losses)
+    sheet = exhibits.sheet(losses, dict(inputs.gallery))
+    if sheet is not None:
+        pictures["top_losses"] = sheet
     calibration = calibration_record(inputs)
     write_bytes(
         report_dir / "calibration.json", (json.dumps(calibration, indent=2) + "\n").encode()
@@ -216,9 +220,12 @@ def write_report(report_dir: Path, inputs: ReportInputs) -> Path:
         "ECE": calibration["ece"],
         "temperature (fitted on val)": calibration["temperature"],
         "ECE at that temperature": calibration["ece_calibrated"],
-        "images": int(counts.sum()),
+        exhibits.noun: int(counts.sum()),
     }
-    return write_page(report_dir / "index.html", inputs.title, summary, pictures, classes, losses)
+    table = (exhibits.heading, exhibits.column)
+    return write_page(
+        report_dir / "index.html", inputs.title, summary, pictures, classes, losses, table
+    )
 
 
 def figure_png(figure: Figure) -> bytes:

@@ -38,11 +38,12 @@ RUN_PAGE = """<!doctype html>
 <td>{{ row.precision | fmt }}</td><td>{{ row.recall | fmt }}</td><td>{{ row.f1 | fmt }}</td>
 <td>{{ row.support }}</td></tr>
 {% endfor %}</table>
-<h2>Top losses: the images the model got most wrong</h2>
+<h2>{{ table_heading }}</h2>
 {% if "top_losses" in pictures %}<img alt="top losses" src="{{ pictures.top_losses }}">{% endif %}
-<table><tr><th>file</th><th>true</th><th>predicted</th><th>probability</th><th>loss</th></tr>
+<table><tr><th>{{ name_column }}</th>
+<th>true</th><th>predicted</th><th>probability</th><th>loss</th></tr>
 {% for row in losses %}<tr class="{{ 'wrong' if row.true != row.predicted }}">
-<td class="text">{{ row.file }}</td><td class="text">{{ row.true }}</td>
+<td class="text">{{ row[name_column] }}</td><td class="text">{{ row.true }}</td>
 <td class="text">{{ row.predicted }}</td><td>{{ row.probability | fmt }}</td>
 <td>{{ row.loss | fmt }}</td></tr>
 {% endfor %}</table>
@@ -100,12 +101,15 @@ def write_page(
     pictures: dict[str, bytes],
     classes: list[dict[str, Any]],
     losses: list[dict[str, Any]],
+    table: tuple[str, str] = ("Top losses: the images the model got most wrong", "file"),
 ) -> Path:
-    """The run report's index.html."""
+    """The run report's index.html; `table` is the losses table's heading and name column."""
     urls = {name: data_url(png) for name, png in pictures.items()}
+    heading, column = table
     html = render(
-        RUN_PAGE, title=title, summary=summary, pictures=urls, classes=classes, losses=losses
-    )
+        RUN_PAGE, title=title, summary=summary, pictures=urls, classes=classes, losses=losses,
+        table_heading=heading, name_column=column,
+    )  # fmt: skip
     return write_html(path, html)
 
 

@@ -133,6 +133,11 @@ class Task:
         return True
 
     @property
+    def rate_unit(self) -> str:
+        """What the log line and the progress bar count training throughput in."""
+        return "img/s" if self.sees_images else "samples/s"
+
+    @property
     def has_report(self) -> bool:
         """Whether the run report (`write_report`) is drawn for this task."""
         return False
@@ -157,8 +162,15 @@ class Task:
         from finetune.engine.report import write_run_report
 
         return write_run_report(
-            report_dir, title, model, splits, split, prep, cfg, device, dtype, curves
-        )
+            report_dir, title, model, splits, split, prep, cfg, device, dtype, curves,
+            exhibits=self.report_exhibits(),
+        )  # fmt: skip
+
+    def report_exhibits(self) -> Any:
+        """What the report shows of its samples and how it batches them (records/exhibits.py)."""
+        from finetune.records.exhibits import ImageExhibits
+
+        return ImageExhibits()
 
     def pictures(self, predictions: Predictions, images: int, epoch: int) -> dict[str, Any]:
         """Tag -> picture (a float (3, H, W) tensor in [0, 1]) of a validation pass."""
@@ -167,6 +179,10 @@ class Task:
         if not images:
             return {}
         return {"val/images": labelled_grid(predictions, images, self.label_text)}
+
+    def tables(self, predictions: Predictions, rows: int) -> dict[str, Any]:
+        """Tag -> (columns, rows) of a validation pass, for the loggers' text and table tabs."""
+        return {}
 
     def prediction_inputs(
         self, spec: str, prep: Preprocessing, data_cfg: DictConfig, settings: DictConfig

@@ -34,10 +34,11 @@ TOKENIZER_FILE = "tokenizer.json"
 class TextClassification(Classification):
     tokenizer: Any = None
 
-    @property
-    def has_report(self) -> bool:
-        """The report's galleries show images (open: a text report)."""
-        return False
+    def report_exhibits(self) -> Any:
+        """The report lists the misclassified texts (records/text_report.py)."""
+        from finetune.records.text_report import TextExhibits
+
+        return TextExhibits(int(self.tokenizer.pad_token_id))
 
     @property
     def sees_images(self) -> bool:
@@ -102,6 +103,22 @@ class TextClassification(Classification):
     def pictures(self, predictions: Predictions, images: int, epoch: int) -> dict[str, Any]:
         """The confusion matrix (texts make no image grid)."""
         return super().pictures(predictions, 0, epoch)
+
+    def tables(self, predictions: Predictions, rows: int) -> dict[str, Any]:
+        """The misclassified validation texts, most confidently wrong first (up to `rows`)."""
+        wrong = (predictions.preds != predictions.targets).nonzero().flatten().tolist()
+        if not rows or not predictions.tokens:
+            return {}
+        wrong.sort(key=lambda i: -float(predictions.confidence[i]))
+        pad = int(self.tokenizer.pad_token_id)
+        table = []
+        for i in wrong[:rows]:
+            ids = predictions.tokens[i][0]
+            text = self.tokenizer.decode(ids[ids != pad].tolist(), skip_special_tokens=True)
+            truth, decision = predictions.targets[i], predictions.preds[i]
+            confidence = round(float(predictions.confidence[i]), 4)
+            table.append([text, self.label_text(truth), self.label_text(decision), confidence])
+        return {"val/misclassified": (["text", "true", "predicted", "probability"], table)}
 
     def prediction_inputs(
         self, spec: str, prep: Preprocessing, data_cfg: DictConfig, settings: DictConfig

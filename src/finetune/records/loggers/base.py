@@ -102,6 +102,7 @@ class Loggers(Logger):
             images=self.images,
             pr_curve_classes=self.pr_curve_classes,
             embedding_samples=self.embedding_samples,
+            tabulate=task.tables,
         )
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:

@@ -62,6 +62,8 @@ class TensorBoardLogger(Logger):
         for tag, picture in predictions.task_pictures(self.grid_images, epoch).items():
             if tag != "val/confusion_matrix" or self.confusion_matrix:
                 self.log_images(tag, picture, step)
+        for tag, (columns, rows) in predictions.task_tables(self.grid_images).items():
+            self.writer.add_text(tag, markdown_table(columns, rows), step)
         for index in range(min(self.pr_curve_classes, predictions.probs.shape[1])):
             self.writer.add_pr_curve(
                 f"pr_curve/{predictions.class_names[index]}",
@@ -107,3 +109,15 @@ class TensorBoardLogger(Logger):
 
     def finish(self, status: str) -> None:
         self.writer.close()
+
+
+def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
+    """A table as TensorBoard's text tab renders it (markdown; a "|" in a cell escaped)."""
+
+    def cell(value: Any) -> str:
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)

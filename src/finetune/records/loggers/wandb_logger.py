@@ -123,6 +123,14 @@ class WandbLogger(Logger):
         for tag, picture in predictions.task_pictures(self.images, epoch).items():
             if tag != "val/confusion_matrix" or self.confusion_matrix:
                 self.log_images(tag, picture, step)
+        for tag, (columns, rows) in predictions.task_tables(self.images).items():
+            self.log_table(tag, columns, rows, step)
+
+    @guarded
+    def log_table(self, tag: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        import wandb
+
+        self.run.log({tag: wandb.Table(columns=columns, data=rows)}, step=step)
 
     @guarded
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
