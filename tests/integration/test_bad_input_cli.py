@@ -87,3 +87,20 @@ def test_bad_input(case: str, tmp_path: Path, make_image_tree, run_train) -> Non
     assert "[ERROR]" not in output.replace(lines[0], ""), output[-3000:]
     after = snapshot(log_dir)
     assert {key: after[key] for key in before} == before, "an earlier run directory changed"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fix"),
+    [
+        (["data=synthetic_reviews"], "add task=text_classification"),
+        (["task=text_classification", "data=digits"], "use data=synthetic_reviews"),
+    ],
+    ids=["texts under an image task", "images under the text task"],
+)
+def test_a_task_refuses_data_it_cannot_read(overrides, fix, run_train) -> None:
+    """Refused by the config check, before torch loads: one line that names the fix."""
+    code, output, _ = run_train(*overrides)
+    assert code == EXIT_BAD_INPUT, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    lines = error_lines(output)
+    assert len(lines) == 1 and fix in lines[0], output[-3000:]

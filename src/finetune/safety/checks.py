@@ -32,6 +32,28 @@ def check_config(cfg: DictConfig) -> None:
     ):
         raise FinetuneError(f"data.num_workers={workers} must be auto or an integer 0 or more")
     check_data_root(cfg.data)
+    check_task_reads_data(cfg)
+
+
+def check_task_reads_data(cfg: DictConfig) -> None:
+    """A text task on images, or an image task on texts, would fail deep in the run.
+
+    Text data sets are the ones that tokenize (`data.max_length`); a task says what it reads in
+    `task.inputs`.
+    """
+    text_data = "max_length" in cfg.data
+    if cfg.task.inputs == "text" and not text_data:
+        raise FinetuneError(
+            f"task=text_classification reads texts but data={cfg.data.name} holds images: use "
+            "data=synthetic_reviews or data=text_table data.path=FILE, or drop "
+            "task=text_classification"
+        )
+    if cfg.task.inputs != "text" and text_data:
+        raise FinetuneError(
+            f"data={cfg.data.name} holds texts but the task reads {cfg.task.inputs}: add "
+            f"task=text_classification (python train.py task=text_classification "
+            f"data={cfg.data.name})"
+        )
 
 
 def check_data_root(data: DictConfig) -> None:
