@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset
 
+from finetune.records.gallery import Tile, draw_sheet
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -46,8 +48,6 @@ class ImageExhibits:
 
     def sheet(self, rows: list[dict[str, Any]], exhibits: dict[int, Any]) -> bytes | None:
         """The top losses' contact sheet as PNG bytes (None when there are none)."""
-        from finetune.records.report import top_loss_sheet
-
         if not rows:
             return None
         buffer = io.BytesIO()
@@ -74,3 +74,20 @@ def display_image(dataset: Dataset, index: int, prep: Preprocessing) -> Image.Im
     if pixels.shape[0] == 1:
         pixels = pixels.expand(3, -1, -1)
     return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+
+
+def top_loss_sheet(rows: list[dict[str, Any]], images: dict[int, Image.Image]) -> Image.Image:
+    tiles = [
+        Tile(
+            images[row["index"]],
+            [
+                f"pred {row['predicted']} {row['probability']:.2f}",
+                f"true {row['true']}",
+                f"loss {row['loss']:.3f}",
+            ],
+            row["true"] == row["predicted"],
+        )
+        for row in rows
+        if row["index"] in images
+    ]
+    return draw_sheet(tiles)

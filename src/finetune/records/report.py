@@ -31,12 +31,10 @@ from finetune.records.calibration import (
     reliability_figure,
 )
 from finetune.records.exhibits import ImageExhibits
-from finetune.records.gallery import Tile, draw_sheet
 from finetune.records.visuals import confusion_counts
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-    from PIL import Image
 
 
 @dataclass
@@ -144,23 +142,6 @@ def top_loss_rows(inputs: ReportInputs, indices: list[int]) -> list[dict[str, An
             }
         )
     return rows
-
-
-def top_loss_sheet(rows: list[dict[str, Any]], images: dict[int, Image.Image]) -> Image.Image:
-    tiles = [
-        Tile(
-            images[row["index"]],
-            [
-                f"pred {row['predicted']} {row['probability']:.2f}",
-                f"true {row['true']}",
-                f"loss {row['loss']:.3f}",
-            ],
-            row["true"] == row["predicted"],
-        )
-        for row in rows
-        if row["index"] in images
-    ]
-    return draw_sheet(tiles)
 
 
 def calibration_record(inputs: ReportInputs) -> dict[str, Any]:
