@@ -166,3 +166,27 @@ def test_wandb_disabled_builds_no_run(tmp_path: Path) -> None:
     loggers.log_metrics({"train/loss": 1.0}, 1)
     loggers.finish("completed")
     assert loggers.wandb_run_id is None and not (tmp_path / "wandb").exists()
+
+
+def test_segmentation_passes_get_w_and_b_mask_overlays(tmp_path: Path) -> None:
+    """val/masks: each image with its true and predicted masks as W&B mask layers."""
+    from finetune.tasks.segmentation import Segmentation
+
+    names = ["background", "a"]
+    task = Segmentation(OmegaConf.create({"data": {"ignore_index": 255}}), names)
+    collected = Predictions(
+        torch.nn.Identity(), names, task.label_text, task.pictures, (0.5,) * 3, (0.5,) * 3, 2, 0, 0
+    )
+    targets = torch.zeros(2, 8, 8, dtype=torch.long)
+    targets[:, 2:5, 2:5], targets[0, 0, 0] = 1, 255
+    probs = torch.nn.functional.one_hot(targets.clamp(max=1), 2).permute(0, 3, 1, 2).float()
+    collected.update(torch.zeros(2, 3, 8, 8), targets, probs, task.decisions(probs))
+    collected.close()
+    run_dir = tmp_path / "run"
+    loggers = build_loggers(compose_cfg(tmp_path), run_dir, is_main=True)
+    loggers.log_predictions(collected, 1, 10)
+    loggers.finish("completed")
+    row = next(row for row in read_run(run_dir).history if row["_step"] == 10)
+    assert row["val/masks/_type"] == "images/separated" and row["val/masks/count"] == 2
+    layers = row["val/masks/all_masks"][0]
+    assert set(layers) == {"predictions", "ground_truth"}

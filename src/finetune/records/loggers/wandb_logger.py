@@ -125,6 +125,29 @@ class WandbLogger(Logger):
                 self.log_images(tag, picture, step)
         for tag, (columns, rows) in predictions.task_tables(self.images).items():
             self.log_table(tag, columns, rows, step)
+        if predictions.preds.ndim == 3 and self.images:  # a mask per image: segmentation
+            self.log_masks(predictions, step)
+
+    @guarded
+    def log_masks(self, predictions: Predictions, step: int) -> None:
+        """W&B's own mask overlay (`val/masks`): each validation image with its true and
+        predicted masks as layers that the W&B page toggles, classes named."""
+        import wandb
+
+        labels = dict(enumerate(predictions.class_names))
+        media = []
+        images = predictions.images[: self.images]
+        shown = zip(images, predictions.targets, predictions.preds, strict=False)  # first images
+        for image, truth, pred in shown:
+            pixels = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+            # Truth may hold data.ignore_index (255): a layer value of its own.
+            ignored = {int(v): "ignored" for v in truth.unique() if int(v) not in labels}
+            masks = {
+                "predictions": {"mask_data": pred.numpy(), "class_labels": labels},
+                "ground_truth": {"mask_data": truth.numpy(), "class_labels": labels | ignored},
+            }
+            media.append(wandb.Image(pixels, masks=masks))
+        self.run.log({"val/masks": media}, step=step)
 
     @guarded
     def log_table(self, tag: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
