@@ -310,10 +310,12 @@ def truncate(path: Path) -> None:
 
 
 def test_a_corrupted_image_stops_the_run_naming_the_file(start_train_here, image_tree, tmp_path):
-    """The file is damaged while the run is going: the next epoch meets it."""
+    """The file is damaged while the run is going: the next epoch meets it (read from the
+    file every epoch: data.cache=none; a decoded-image cache reads each file once)."""
     run_dir = tmp_path / "run"
     broken = image_tree / "train" / "b" / "3.png"
-    process = start_train_here(*TINY, *LONG_FOLDER_RUN, f"data.root={image_tree}", run_dir=run_dir)
+    folder = (*TINY, *LONG_FOLDER_RUN, f"data.root={image_tree}", "data.cache=none")
+    process = start_train_here(*folder, run_dir=run_dir)
     wait_for(run_dir / "checkpoints/last.pt", process)
     truncate(broken)
     output, _ = process.communicate(timeout=240)

@@ -16,11 +16,12 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def train_cfg(**dotted: object):
-    """The trainer/data/top-level keys check_config reads, from the YAML defaults."""
+    """The trainer/data/task/top-level keys check_config reads, from the YAML defaults."""
     cfg = OmegaConf.create(
         {
             "trainer": OmegaConf.load(CONF_DIR / "trainer" / "default.yaml"),
             "data": OmegaConf.load(CONF_DIR / "data" / "digits.yaml"),
+            "task": OmegaConf.load(CONF_DIR / "task" / "classification.yaml"),
             "mode": "max",
         }
     )
