@@ -43,7 +43,8 @@ class MultiLabel(Task):
                 "f1_macro": MultilabelF1Score(num_labels=n, average="macro", threshold=threshold),
                 "f1_micro": MultilabelF1Score(num_labels=n, average="micro", threshold=threshold),
                 "exact_match": MultilabelExactMatch(num_labels=n, threshold=threshold),
-            }
+            },
+            compute_groups=False,  # never merged by equal first-batch states (classification.py)
         )
 
     def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
