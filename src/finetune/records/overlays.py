@@ -67,11 +67,10 @@ class PixelPass:
 
 def pixel_confusion_image(predictions: Predictions, epoch: int, task: Segmentation) -> torch.Tensor:
     """Rows true classes, columns predicted, over every labelled pixel of the pass."""
-    from finetune.records.visuals import confusion_figure, figure_to_image
+    from finetune.records.visuals import confusion_image
 
     labelled = predictions.targets != task.ignore_index
     pixels = PixelPass(
         predictions.class_names, predictions.targets[labelled], predictions.preds[labelled]
     )
-    figure = confusion_figure(pixels, epoch)  # its title counts pixels as "images"
-    return figure_to_image(figure)
+    return confusion_image(pixels, epoch, unit="pixels")

@@ -1,8 +1,8 @@
-"""Pictures of a validation pass: a labelled image grid and a confusion-matrix figure.
+"""Pictures of a validation pass: a labelled image grid and the confusion matrix.
 
-Both are plain tensors or matplotlib figures, so every backend can show them (TensorBoard's
-add_image, wandb.Image). matplotlib is used without pyplot: no global figure state, no
-display needed, nothing left open between epochs.
+Both are plain tensors, so every backend can show them (TensorBoard's add_image, wandb.Image);
+both are drawn with PIL, in milliseconds, since they are drawn every epoch. `figure_to_image`
+turns a matplotlib figure (drawn without pyplot: no global state, no display) into the same.
 """
 
 from __future__ import annotations
@@ -73,42 +73,20 @@ def caption_font() -> Any:
     return ImageFont.load_default(size=11)
 
 
-def confusion_figure(predictions: Predictions, epoch: int) -> Figure:
-    """Rows are true classes, columns predicted; colour is the row's fraction, text the count."""
-    from matplotlib.figure import Figure
-
-    n = len(predictions.class_names)
-    counts = confusion_counts(predictions.targets, predictions.preds, n)
-    fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    side = min(max(4.0, 0.45 * n + 2.0), 24.0)
-    figure = Figure(figsize=(side + 1.0, side), dpi=100, layout="constrained")
-    ax = figure.add_subplot()
-    shown = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
-    figure.colorbar(shown, ax=ax, fraction=0.046, label="fraction of the true class")
-    if n <= 50:
-        ticks = range(n)
-        names = [name[:14] for name in predictions.class_names]
-        ax.set_xticks(ticks, names, rotation=90 if n > 10 else 0)
-        ax.set_yticks(ticks, names)
-    if n <= 20:
-        for row in range(n):
-            for col in range(n):
-                dark = fractions[row, col] > 0.5
-                ax.text(col, row, str(counts[row, col]), ha="center", va="center",
-                        fontsize=8, color="white" if dark else "black")  # fmt: skip
-    accuracy = np.trace(counts) / max(counts.sum(), 1)
-    ax.set(xlabel="predicted", ylabel="true")
-    ax.set_title(f"validation, epoch {epoch}: {len(predictions)} images, accuracy {accuracy:.3f}")
-    return figure
-
-
 def confusion_counts(targets: torch.Tensor, preds: torch.Tensor, n: int) -> np.ndarray:
     """counts[true, predicted] over a pass."""
     return torch.bincount(targets * n + preds, minlength=n * n).view(n, n).numpy()
 
 
-def confusion_image(predictions: Predictions, epoch: int) -> torch.Tensor:
-    return figure_to_image(confusion_figure(predictions, epoch))
+def confusion_image(predictions: Predictions, epoch: int, unit: str = "images") -> torch.Tensor:
+    """The pass's confusion matrix, titled with its epoch, size and accuracy."""
+    from finetune.records.confusion_picture import confusion_picture
+
+    n = len(predictions.class_names)
+    counts = confusion_counts(predictions.targets, predictions.preds, n)
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    title = f"validation, epoch {epoch}: {len(predictions)} {unit}, accuracy {accuracy:.3f}"
+    return confusion_picture(counts, predictions.class_names, title)
 
 
 def figure_to_image(figure: Figure) -> torch.Tensor:
