@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from finetune.safety.errors import FinetuneError
@@ -78,6 +77,8 @@ def stratified_split(
     With `data.folds=K` the test split is held out first (the same for every fold), and the
     rest is cut into K stratified folds: fold `data.fold` is validation, the others train.
     """
+    from sklearn.model_selection import train_test_split  # seconds to import: only when used
+
     indices = np.arange(len(labels))
     if cfg.folds is not None:
         return fold_split(labels, cfg, seed)
@@ -119,7 +120,7 @@ def fold_split(
     labels: np.ndarray, cfg: DictConfig, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train and val of fold `cfg.fold` of `cfg.folds` (stratified, seeded), and the test split."""
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold, train_test_split
 
     indices = np.arange(len(labels))
     rest, test = indices, indices[:0]

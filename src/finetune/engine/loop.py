@@ -11,13 +11,12 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
-from torchmetrics import MetricCollection
 
 from finetune.engine.distributed import all_reduce_sum, any_rank, dist_info
 from finetune.engine.precision import autocast
@@ -28,6 +27,9 @@ from finetune.safety.errors import FinetuneError
 from finetune.safety.faults import NonFiniteWatch
 from finetune.safety.injection import PlannedSignal
 from finetune.safety.signals import StopRequest
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
 from finetune.tasks.base import Task
 
 

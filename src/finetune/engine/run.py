@@ -12,16 +12,16 @@ torchrun every rank runs this; only rank 0 writes files.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torchmetrics import MetricCollection
 
 from finetune.engine.build import Parts, build_parts
 from finetune.engine.distributed import DistInfo, barrier, dist_info, rank_device
@@ -52,6 +52,9 @@ from finetune.safety.checks import check_config
 from finetune.safety.signals import RunStopped, StopRequest
 from finetune.sweep.pruning import report as report_to_sweeper
 
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
+
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +67,6 @@ class Run:
     rank: DistInfo
     parts: Parts  # data, task, model, freezing, optimizer, precision, EMA
     net: nn.Module  # what the loop trains: compiled and DDP-wrapped as the config asks
-    metrics: MetricCollection  # the task's, on the device
     checkpointer: BackgroundCheckpointer  # a Checkpointer that saves from a thread
     loggers: Loggers
     loop: LoopState
@@ -73,6 +75,13 @@ class Run:
     stopper: EarlyStopping  # trainer.patience
     lr_found: RangeTest | None  # optimizer.lr=find: the range test that chose the LR
     split_sha256: str  # the data behind the run: its split.json's hash, in every checkpoint
+
+    @functools.cached_property
+    def metrics(self) -> MetricCollection:
+        """The task's metrics on the device, built at the first validation: importing
+        torchmetrics (it imports transformers and torchvision's models) took as long as torch
+        itself, and the first training step need not wait for it."""
+        return self.parts.task.metrics().to(self.parts.stepper.device)
 
 
 def run(cfg: DictConfig) -> float:
@@ -142,14 +151,12 @@ def setup(
         wandb_run_id=resumed["wandb_run_id"] if resumed is not None else None,
         resume_step=resumed["global_step"] if resumed is not None else None,
     )
-    metrics = parts.task.metrics().to(device)
     run = Run(
         cfg,
         paths,
         rank,
         parts,
         parts.net,
-        metrics,
         checkpointer,
         loggers,
         LoopState(),

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torchmetrics import MetricCollection
 
 from finetune.tasks.base import Task
 
 if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
+
     from finetune.records.predictions import Predictions
 
 
@@ -25,6 +26,7 @@ class Classification(Task):
         the same number under the name that says how it averages. With 5 classes or fewer
         top-5 accuracy is 1 by definition, so it is left out.
         """
+        from torchmetrics import MetricCollection
         from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
         n = self.num_outputs

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torchmetrics import MetricCollection
 
 from finetune.tasks.base import Task
 
 if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
+
     from finetune.data import Preprocessing, Splits
 
 
@@ -30,6 +31,7 @@ class MultiLabel(Task):
         return images, targets.float()  # BCE wants float targets
 
     def metrics(self) -> MetricCollection:
+        from torchmetrics import MetricCollection
         from torchmetrics.classification import (
             MultilabelAveragePrecision,
             MultilabelExactMatch,

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
-from torchmetrics import MetricCollection
 
 from finetune.tasks.base import Task
 
 if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
+
     from finetune.data import Preprocessing, Splits
     from finetune.records.predictions import Predictions
 
@@ -29,6 +30,7 @@ class Segmentation(Task):
         return int(self.cfg.data.ignore_index)
 
     def metrics(self) -> MetricCollection:
+        from torchmetrics import MetricCollection
         from torchmetrics.classification import (
             MulticlassAccuracy,
             MulticlassF1Score,
