@@ -74,6 +74,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     """Metrics of `cfg.ckpt` on a split; printed and written as JSON beside the checkpoint."""
     from finetune.engine.loop import evaluate
     from finetune.engine.report import has_report
+    from finetune.engine.report_request import ReportRequest
     from finetune.engine.state import check_format
     from finetune.tasks.base import build_task
 
@@ -117,9 +118,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         report_cfg = OmegaConf.merge(run_cfg, {"data": data_cfg, "report": cfg.report})
         title = f"{path} on {data_cfg.name} ({cfg.split})"
         report_dir = path.with_name(f"{path.stem}.report-{cfg.split}")
-        task.write_report(
+        request = ReportRequest(
             report_dir, title, model, splits, cfg.split, prep, report_cfg, device, None
         )
+        task.write_report(request)
     return results
 
 

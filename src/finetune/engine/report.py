@@ -20,10 +20,10 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from finetune.data import Preprocessing, Splits
 from finetune.data.folders import collate_readable
 from finetune.data.loaders import worker_count
 from finetune.engine.precision import autocast
+from finetune.engine.report_request import ReportRequest
 from finetune.records.calibration import fit_temperature
 from finetune.records.exhibits import ImageExhibits
 from finetune.records.report import ReportInputs, top_loss_indices, write_report
@@ -83,50 +83,47 @@ def split_outputs(
     return logits.cpu(), targets.long(), indices.long()
 
 
-def write_run_report(
-    report_dir: Path,
-    title: str,
-    model: nn.Module,
-    splits: Splits,
-    split: str,
-    prep: Preprocessing,
-    cfg: DictConfig,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    curves: Path | None = None,
-    exhibits: Any = None,
-) -> Path:
-    """The report of `model` on `split` (temperature fitted on val).
+def request_outputs(
+    request: ReportRequest, dataset: Dataset, collate: Callable[[list[Any]], Any] = collate_readable
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`split_outputs` of `dataset` with the request's model, loading and precision."""
+    return split_outputs(
+        request.model, dataset, request.cfg.data, request.device, request.dtype, collate
+    )
 
-    `cfg` is a run's config (model, data, report): data.batch_size and num_workers load the
-    splits as the run did. `exhibits`: the task's (Task.report_exhibits); None: images.
+
+def check_not_empty(request: ReportRequest) -> None:
+    """A report needs samples of its split, and of val (where the temperature is fitted)."""
+    if len(request.dataset) == 0 or len(request.splits.val) == 0:
+        split = request.split
+        raise FinetuneError(f"the {split} or the val split is empty: there is nothing to report on")
+
+
+def write_run_report(request: ReportRequest, exhibits: Any = None) -> Path:
+    """A classifier's report of `request.model` on its split (temperature fitted on val).
+
+    `exhibits`: what the samples are and how they batch (Task.report_exhibits); None: images.
     """
     exhibits = exhibits or ImageExhibits()
-    started = time.perf_counter()
-    if len(getattr(splits, split)) == 0 or len(splits.val) == 0:
-        raise FinetuneError(f"the {split} or the val split is empty: there is nothing to report on")
-    val_logits, val_targets, _ = split_outputs(
-        model, splits.val, cfg.data, device, dtype, exhibits.collate
-    )
-    dataset = getattr(splits, split)
-    logits, targets, indices = split_outputs(
-        model, dataset, cfg.data, device, dtype, exhibits.collate
-    )
+    started, cfg, dataset = time.perf_counter(), request.cfg, request.dataset
+    check_not_empty(request)
+    val_logits, val_targets, _ = request_outputs(request, request.splits.val, exhibits.collate)
+    logits, targets, indices = request_outputs(request, dataset, exhibits.collate)
     top = top_loss_indices(logits, targets, cfg.report.top_losses)
     inputs = ReportInputs(
-        title=title,
-        split=split,
-        class_names=list(splits.class_names),
+        title=request.title,
+        split=request.split,
+        class_names=list(request.splits.class_names),
         logits=logits,
         targets=targets,
-        names=exhibits.names(dataset, split, indices),
-        gallery=[(i, exhibits.exhibit(dataset, int(indices[i]), prep)) for i in top],
+        names=exhibits.names(dataset, request.split, indices),
+        gallery=[(i, exhibits.exhibit(dataset, int(indices[i]), request.prep)) for i in top],
         temperature=fit_temperature(val_logits, val_targets),
         calibration_bins=cfg.report.calibration_bins,
-        curves=curves,
+        curves=request.curves,
         exhibits=exhibits,
     )
-    page = write_report(report_dir, inputs)
+    page = write_report(request.report_dir, inputs)
     log.info("Report written in %.1fs: %s", time.perf_counter() - started, page)
     return page
 
@@ -140,10 +137,11 @@ def report_at_end_of_run(paths: RunPaths, parts: Parts, cfg: DictConfig) -> str 
         return None
     title = f"{cfg.model.name} on {cfg.data.name} (test): {paths.root}"
     try:
-        page = parts.task.write_report(
+        request = ReportRequest(
             paths.root / "report", title, parts.model, parts.splits, "test", parts.prep, cfg,
             parts.stepper.device, parts.stepper.dtype, curves=paths.curves,
         )  # fmt: skip
+        page = parts.task.write_report(request)
     except Exception as error:  # noqa: BLE001 (a bug in drawing must not fail a finished run)
         log.warning("The report could not be written (the run is complete): %r", error)
         return None

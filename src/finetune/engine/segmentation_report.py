@@ -18,11 +18,11 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from finetune.data import Preprocessing, Splits
 from finetune.data.folders import collate_readable
 from finetune.data.loaders import worker_count
 from finetune.engine.precision import autocast
 from finetune.engine.report import Indexed, kind_of
+from finetune.engine.report_request import ReportRequest
 from finetune.records.exhibits import display_image, sample_names
 from finetune.records.segmentation_report import MaskReportInputs, write_mask_report
 from finetune.safety.errors import FinetuneError
@@ -79,42 +79,32 @@ def mask_pass(
     return counts.numpy(), torch.cat(ious), torch.cat(preds), torch.cat(indices)
 
 
-def write_segmentation_report(
-    report_dir: Path,
-    title: str,
-    model: nn.Module,
-    splits: Splits,
-    split: str,
-    prep: Preprocessing,
-    cfg: DictConfig,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    curves: Path | None = None,
-) -> Path:
-    """The segmentation report of `model` on `split` in `report_dir`; returns its index.html."""
-    started = time.perf_counter()
-    dataset = getattr(splits, split)
+def write_segmentation_report(request: ReportRequest) -> Path:
+    """The segmentation report of `request.model` on its split; returns its index.html."""
+    started, cfg, dataset, split = time.perf_counter(), request.cfg, request.dataset, request.split
     if len(dataset) == 0:
         raise FinetuneError(f"the {split} split is empty: there is nothing to report on")
-    n = len(splits.class_names)
-    counts, ious, preds, indices = mask_pass(model, dataset, cfg.data, device, dtype, n)
+    n = len(request.splits.class_names)
+    counts, ious, preds, indices = mask_pass(
+        request.model, dataset, cfg.data, request.device, request.dtype, n
+    )
     worst = np.argsort(ious.numpy(), kind="stable")[: cfg.report.top_losses].tolist()
     gallery = []
     for position in worst:
         index = int(indices[position])
-        gallery.append((position, display_image(dataset, index, prep), dataset[index][1]))
+        gallery.append((position, display_image(dataset, index, request.prep), dataset[index][1]))
     inputs = MaskReportInputs(
-        title=title,
+        title=request.title,
         split=split,
-        class_names=list(splits.class_names),
+        class_names=list(request.splits.class_names),
         ignore_index=int(cfg.data.ignore_index),
         counts=counts,
         ious=ious,
         preds=preds,
         names=sample_names(dataset, split, indices),
         gallery=gallery,
-        curves=curves,
+        curves=request.curves,
     )
-    page = write_mask_report(report_dir, inputs)
+    page = write_mask_report(request.report_dir, inputs)
     log.info("Report written in %.1fs: %s", time.perf_counter() - started, page)
     return page

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from finetune.data import Preprocessing, Splits
     from finetune.data.inputs import InputFiles
     from finetune.engine.distributed import DistInfo
+    from finetune.engine.report_request import ReportRequest
     from finetune.models.factory import ModelInfo
     from finetune.records.predictions import Predictions
 
@@ -142,29 +143,14 @@ class Task:
         """Whether the run report (`write_report`) is drawn for this task."""
         return False
 
-    def write_report(
-        self,
-        report_dir: Path,
-        title: str,
-        model: nn.Module,
-        splits: Splits,
-        split: str,
-        prep: Preprocessing,
-        cfg: DictConfig,
-        device: torch.device,
-        dtype: torch.dtype | None,
-        curves: Path | None = None,
-    ) -> Path:
+    def write_report(self, request: ReportRequest) -> Path:
         """The report of `model` on `split` in `report_dir` (where `has_report`); its index.html.
 
         A classifier's: confusion, top losses, calibration (engine/report.py).
         """
         from finetune.engine.report import write_run_report
 
-        return write_run_report(
-            report_dir, title, model, splits, split, prep, cfg, device, dtype, curves,
-            exhibits=self.report_exhibits(),
-        )  # fmt: skip
+        return write_run_report(request, self.report_exhibits())
 
     def report_exhibits(self) -> Any:
         """What the report shows of its samples and how it batches them (records/exhibits.py)."""

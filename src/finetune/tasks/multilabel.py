@@ -12,15 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig
-from torch import nn
 
 from finetune.tasks.base import Task
 
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
 
-    from finetune.data import Preprocessing, Splits
+    from finetune.engine.report_request import ReportRequest
 
 
 class MultiLabel(Task):
@@ -71,26 +69,12 @@ class MultiLabel(Task):
     def has_report(self) -> bool:
         return True
 
-    def write_report(
-        self,
-        report_dir: Path,
-        title: str,
-        model: nn.Module,
-        splits: Splits,
-        split: str,
-        prep: Preprocessing,
-        cfg: DictConfig,
-        device: torch.device,
-        dtype: torch.dtype | None,
-        curves: Path | None = None,
-    ) -> Path:
+    def write_report(self, request: ReportRequest) -> Path:
         """Per label: precision, recall, F1, AP, TN/FP/FN/TP; top losses; calibration of the
         yes/no decisions (engine/multilabel_report.py)."""
         from finetune.engine.multilabel_report import write_multilabel_report
 
-        return write_multilabel_report(
-            report_dir, title, model, splits, split, prep, cfg, device, dtype, curves
-        )
+        return write_multilabel_report(request)
 
     def prediction_rows(
         self, names: list[str], probabilities: torch.Tensor, top_k: int

@@ -20,7 +20,7 @@ from finetune.tasks.base import Task
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
 
-    from finetune.data import Preprocessing, Splits
+    from finetune.engine.report_request import ReportRequest
     from finetune.records.predictions import Predictions
 
 
@@ -79,25 +79,11 @@ class Segmentation(Task):
     def has_report(self) -> bool:
         return True
 
-    def write_report(
-        self,
-        report_dir: Path,
-        title: str,
-        model: torch.nn.Module,
-        splits: Splits,
-        split: str,
-        prep: Preprocessing,
-        cfg: DictConfig,
-        device: torch.device,
-        dtype: torch.dtype | None,
-        curves: Path | None = None,
-    ) -> Path:
+    def write_report(self, request: ReportRequest) -> Path:
         """Per-class IoU, the pixel confusion matrix and the worst images (lowest IoU)."""
         from finetune.engine.segmentation_report import write_segmentation_report
 
-        return write_segmentation_report(
-            report_dir, title, model, splits, split, prep, cfg, device, dtype, curves
-        )
+        return write_segmentation_report(request)
 
     def pictures(self, predictions: Predictions, images: int, epoch: int) -> dict[str, Any]:
         from finetune.records.overlays import overlay_grid, pixel_confusion_image
