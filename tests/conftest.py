@@ -303,3 +303,33 @@ def state_differences(a: object, b: object, where: str = "") -> list[str]:
         pairs = enumerate(zip(a, b, strict=True))
         return [d for i, (x, y) in pairs for d in state_differences(x, y, f"{where}[{i}]")]
     return [] if a == b else [where]
+
+
+# The tiny segmentation run of tests/integration/test_segmentation*.py: 32-pixel digit canvases,
+# timm's test_resnet as the encoder, 3 steps an epoch.
+SEGMENTATION = (
+    "task=segmentation",
+    "model.encoder=tu-test_resnet",
+    "model.encoder_weights=null",
+    "model.pretrained=false",
+    "+model.kwargs.decoder_channels=[8,8,8,8,8]",
+    "data.image_size=32",
+    "data.digit_size=12",
+    "data.canvases_per_digit=0.1",
+    "data.batch_size=16",
+    "trainer.limit_train_batches=3",
+    "trainer.progress_bar=false",
+    "logger=tensorboard",
+    "logger.tensorboard.images=4",
+    "logger.tensorboard.histogram_every_n_epochs=0",
+    "logger.tensorboard.pr_curve_classes=0",
+)
+
+
+@pytest.fixture(scope="session")
+def segmentation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two epochs straight: the run the segmentation tests read (and the resumes' reference)."""
+    base = tmp_path_factory.mktemp("segmentation")
+    result = run_train_in(base, *SEGMENTATION, "trainer.epochs=2")
+    assert result.returncode == 0, result.output[-3000:]
+    return result.run_dir

@@ -10,36 +10,9 @@ import pytest
 import torch
 from conftest import run_script
 
-SEGMENTATION = (
-    "task=segmentation",
-    "model.encoder=tu-test_resnet",
-    "model.encoder_weights=null",
-    "model.pretrained=false",
-    "+model.kwargs.decoder_channels=[8,8,8,8,8]",
-    "data.image_size=32",
-    "data.digit_size=12",
-    "data.canvases_per_digit=0.1",
-    "data.batch_size=16",
-    "trainer.limit_train_batches=3",
-    "trainer.progress_bar=false",
-    "logger=tensorboard",
-    "logger.tensorboard.images=4",
-    "logger.tensorboard.histogram_every_n_epochs=0",
-    "logger.tensorboard.pr_curve_classes=0",
-)
-
 
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def segmentation_run(tmp_path_factory, train_in) -> Path:
-    """Two epochs straight: the run every test below reads (and the resume's reference)."""
-    base = tmp_path_factory.mktemp("segmentation")
-    result = train_in(base, *SEGMENTATION, "trainer.epochs=2")
-    assert result.returncode == 0, result.output[-3000:]
-    return result.run_dir
 
 
 def test_it_monitors_miou_and_records_per_class_iou(segmentation_run):
@@ -254,3 +227,25 @@ def test_flip_tta_mirrors_the_mask_back(segmentation_run, canvas_folder, tmp_pat
     finetune.predict(segmentation_run, inputs, out=tmp_path / "out", tta="flip")
     mask, mirrored = (read_mask(tmp_path / "out/masks" / name) for name in ("a.png", "b.png"))
     assert torch.equal(mirrored, mask.flip(-1))
+
+
+def test_a_later_predict_into_the_same_folder_removes_the_earlier_inputs_masks(
+    segmentation_run, canvas_folder, tmp_path
+):
+    """masks/ matches predictions.csv after a second predict on fewer inputs; files that no
+    predict wrote (a user's own, here masks/mine.png) stay."""
+    import shutil
+
+    import finetune
+
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    for name in ("1.png", "4.png"):
+        shutil.copy(canvas_folder / "images" / name, fewer / name)
+    out = tmp_path / "out"
+    finetune.predict(segmentation_run, canvas_folder / "images", out=out)
+    shutil.copy(out / "masks/0.png", out / "masks/mine.png")
+    result = finetune.predict(segmentation_run, fewer, out=out)
+    assert [row["file"] for row in result.rows] == ["1.png", "4.png"]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["1.png", "4.png", "mine.png"]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["1.png", "4.png"]

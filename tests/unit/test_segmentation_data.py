@@ -153,7 +153,30 @@ def test_a_classifiers_backbone_loads_into_the_encoder(tmp_path):
         if not key.startswith("fc."):
             assert torch.equal(encoder[key], value), key
     assert "encoder loaded from a classifier's backbone" in info.notes[0]
-    assert info.stages[0].modules == ["encoder.model.conv1"]
+    assert info.stages[0].modules == ["encoder.model.conv1", "encoder.model.bn1"]  # the stem
+
+
+def test_smp_s_own_encoder_keeps_only_the_stages_its_depth_uses(tmp_path):
+    """resnet18 at depth 3 (experiment=segment_digits): smp would keep layer3 and layer4 with no
+    gradient, which DDP refuses; a classifier's backbone still loads, those layers left out."""
+    import timm
+    from safetensors.torch import save_file
+
+    from finetune.models.factory import build_model
+
+    classifier = timm.create_model("resnet18", num_classes=10)
+    save_file(classifier.state_dict(), str(tmp_path / "cls.safetensors"))
+    cfg = smp_cfg(str(tmp_path / "cls.safetensors"))
+    cfg.encoder, cfg.kwargs = "resnet18", {"encoder_depth": 3, "decoder_channels": [8, 8, 8]}
+    model, info = build_model(cfg, 11)
+    model(torch.rand(2, 3, 32, 32)).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert "left out: ['fc', 'layer3', 'layer4']" in info.notes[0]
+    assert [s.modules for s in info.stages] == [
+        ["encoder.conv1", "encoder.bn1"],
+        ["encoder.layer1"],
+        ["encoder.layer2"],
+    ]
 
 
 def test_weights_of_another_backbone_are_refused(tmp_path):

@@ -29,6 +29,7 @@ from finetune.engine.evaluation import checkpoint_path, model_from_checkpoint
 from finetune.engine.setup import pick_device
 from finetune.models.weights import safe_torch_load
 from finetune.records.prediction_files import add_truth, write_rows
+from finetune.records.prediction_masks import earlier_inputs, remove_stale_masks
 from finetune.records.progress import ProgressBar
 from finetune.safety.errors import FinetuneError
 from finetune.tasks.base import Task, build_task
@@ -99,9 +100,13 @@ def run_predict(ckpt: str, spec: str, settings: DictConfig, out: Path | None) ->
     accuracy = sum(judged) / len(judged) if judged else None
     result = PredictResult(rows, unreadable, accuracy)
     if out is not None:
+        earlier = earlier_inputs(out)
         write_outputs(out, result)
         files = [inputs.files[i] for i in indices] if inputs.files else []  # texts have none
         result.files.update(task.prediction_pictures(out, files, rows, probs, settings))
+        removed = remove_stale_masks(out, earlier, [row["file"] for row in rows])
+        if removed:
+            log.info("removed the masks of %d inputs of an earlier predict into %s", removed, out)
     return result
 
 

@@ -70,7 +70,7 @@ def create(
     import segmentation_models_pytorch as smp
 
     try:
-        return smp.create_model(
+        model = smp.create_model(
             cfg.name,
             encoder_name=cfg.encoder,
             encoder_weights=encoder_weights,
@@ -82,6 +82,29 @@ def create(
         raise FinetuneError(
             f"model.name={cfg.name} model.encoder={cfg.encoder}: {error.args[0]}"
         ) from None
+    drop_unused_stages(model.encoder)
+    return model
+
+
+def drop_unused_stages(encoder: nn.Module) -> None:
+    """Replace the encoder stages below `encoder_depth` by Identity.
+
+    smp's own encoders keep every stage whatever the depth (resnet18 at depth 3 keeps layer3
+    and layer4, 84% of its weights) and skip the deep ones in forward. Such weights never get
+    a gradient: DDP stops at the second step waiting for theirs, checkpoints carry them, and
+    gradual thawing would spend epochs on them. Stages come from smp's get_stages (output
+    stride: modules); timm's (`tu-`) encoders build only the stages they use.
+    """
+    depth = getattr(encoder, "_depth", None)
+    try:
+        by_stride = encoder.get_stages()
+    except (AttributeError, NotImplementedError):
+        return
+    unused = [m for stride, modules in by_stride.items() if stride > 2**depth for m in modules]
+    for name, module in list(encoder.named_modules()):
+        if any(module is u for u in unused):
+            parent, _, attribute = name.rpartition(".")
+            setattr(encoder.get_submodule(parent), attribute, nn.Identity())
 
 
 def with_encoder_weights(
@@ -143,10 +166,18 @@ def stages_of(model: nn.Module) -> list[Stage]:
     """The encoder's children from stem to top (the decoder and segmentation head are the head)."""
     body = encoder_body(model)
     prefix = "encoder.model" if body is not model.encoder else "encoder"
-    names = [
-        name for name, child in body.named_children() if next(child.parameters(), None) is not None
-    ]
-    return complete_stages(model, [Stage([f"{prefix}.{name}"]) for name in names], HEAD)
+    children = [(n, c) for n, c in body.named_children() if next(c.parameters(), None) is not None]
+    # The stem (conv1, bn1, ...: layers, not blocks of layers) is one stage, as timm has it.
+    stem = next((i for i, (_, c) in enumerate(children) if holds_blocks(c)), 0)
+    groups = [children[:stem]] if stem else []
+    groups += [[pair] for pair in children[stem:]]
+    stages = [Stage([f"{prefix}.{n}" for n, _ in group]) for group in groups]
+    return complete_stages(model, stages, HEAD)
+
+
+def holds_blocks(module: nn.Module) -> bool:
+    """A stage (layer1, stages_0) holds blocks, which hold layers; a stem holds layers only."""
+    return any(next(child.children(), None) is not None for child in module.children())
 
 
 def loader_options() -> set[str]:

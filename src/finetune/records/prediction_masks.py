@@ -8,11 +8,14 @@
 
 A mask PNG opens as class indices (`np.asarray(Image.open(path))`) and shows in colour in any
 viewer. Everything is a function of the input and the model: the same input gives the same
-files byte for byte.
+files byte for byte. A later predict into the same folder removes the masks and overlays of
+the earlier one's inputs that it does not predict again (those named in the earlier
+predictions.csv, nothing else), so masks/ always matches predictions.csv.
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -95,3 +98,29 @@ def write_mask_files(
     if tiles:
         written["sheet"] = save_png(draw_sheet(tiles), out / "contact_sheet.png")
     return written
+
+
+def earlier_inputs(out: Path) -> set[str]:
+    """The inputs of an earlier predict into `out`: its predictions.csv's `file` column."""
+    table = out / "predictions.csv"
+    if not table.is_file():
+        return set()
+    with table.open(newline="") as handle:
+        return {row["file"] for row in csv.DictReader(handle) if row.get("file")}
+
+
+def remove_stale_masks(out: Path, earlier: set[str], current: list[str]) -> int:
+    """Remove the masks and overlays an earlier predict wrote for inputs not predicted now.
+
+    Only files named after the earlier predictions.csv (output_name: inside masks/ and
+    overlays/, no '..') are touched: a folder's other files are never predict's to delete.
+    """
+    kept = {output_name(name) for name in current}
+    removed = 0
+    for stale in {output_name(name) for name in earlier} - kept:
+        for folder in ("masks", "overlays"):
+            path = out / folder / stale
+            if path.is_file():
+                path.unlink()
+                removed += folder == "masks"
+    return removed
