@@ -36,135 +36,28 @@ first step and page faults.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
-from torch import nn
 from torch.utils.data import DataLoader
-
-from finetune.engine.build import build_parts
-from finetune.engine.distributed import dist_info
-from finetune.engine.loop import LoopState, Stepper, train_one_epoch
-from finetune.engine.setup import check_config, pick_device, seed_everything
-from finetune.records.loggers import Loggers, build_loggers
-from finetune.resolvers import register_resolvers
-from finetune.safety.signals import StopRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # imported, not run, this is not set
 import folder_benchmark  # noqa: E402
+from benchmark_loops import (  # noqa: E402
+    Setup,
+    Variant,
+    bare_loop,
+    build_setup,
+    compose_config,
+    project_loop,
+)
+from peak_memory import peak_memory_mib, synchronize  # noqa: E402
 from time_to_first_step import startup_table  # noqa: E402
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-@dataclass
-class Setup:
-    """Everything one variant trains with, built from the composed config."""
-
-    cfg: DictConfig
-    net: nn.Module  # what the loop trains (the model, or its head on cached features)
-    loader: DataLoader
-    stepper: Stepper  # optimizer, scheduler, device, precision, EMA
-    loggers: Loggers
-    loop: LoopState = field(default_factory=LoopState)
-
-
-@dataclass
-class Variant:
-    """A row of the table: `loop(setup, steps)` trains `steps` steps."""
-
-    name: str
-    loop: Callable[[Setup, int], None]
-    overrides: Sequence[str] = field(default_factory=tuple)
-
-
-def compose_config(
-    model: str, batch_size: int, image_size: int, overrides: Sequence[str]
-) -> DictConfig:
-    """The real YAML defaults, as `python train.py model=MODEL ...` would compose them.
-
-    Pretrained weights do not change the speed, so they are off: no hub lookup, no download.
-    """
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                f"model={model}",
-                "model.pretrained=false",
-                f"data.batch_size={batch_size}",
-                f"data.image_size={image_size}",
-                *overrides,
-            ],
-        )
-
-
-def build_setup(cfg: DictConfig, log_dir: Path) -> Setup:
-    """What a run builds before its first epoch (one process, no DDP):
-    the same `build_parts`, so the benchmark times the objects a run trains with."""
-    check_config(cfg)
-    device = pick_device(cfg.trainer.device)
-    seed_everything(cfg.seed)
-    parts = build_parts(cfg, device, dist_info())
-    loggers = build_loggers(cfg, log_dir, is_main=True)
-    return Setup(cfg, parts.net, parts.loaders["train"], parts.stepper, loggers)
-
-
-def bare_loop(s: Setup, steps: int) -> None:
-    """The loop anyone would write by hand: forward, loss, zero_grad, backward, step.
-
-    It uses the setup's model, data, optimizer and scheduler only (fp32, no accumulation,
-    clipping or EMA): the baseline that the project's extras are measured against.
-    """
-    model, device = s.net, s.stepper.device
-    optimizer, scheduler = s.stepper.optimizer, s.stepper.scheduler
-    model.train()
-    criterion = nn.CrossEntropyLoss()
-    done = 0
-    while done < steps:
-        for images, targets in s.loader:
-            images, targets = images.to(device), targets.to(device)
-            loss = criterion(model(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            done += 1
-            if done == steps:
-                break
-
-
-def project_loop(s: Setup, steps: int) -> None:
-    """This project's `train_one_epoch`, one call per pass over the loader, loggers on."""
-    stop = StopRequest()  # the run's signal handlers, as in `train.run`
-    try:
-        while steps > 0:
-            s.cfg.trainer.limit_train_batches = min(steps, len(s.loader))
-            train_one_epoch(
-                s.net,
-                s.loader,
-                s.stepper,
-                s.loggers,
-                s.cfg,
-                s.loop,
-                stop,
-                save_mid_epoch=lambda loss: None,  # checkpoint.every_n_steps is null by default
-            )
-            steps -= s.cfg.trainer.limit_train_batches
-            s.loop.epoch, s.loop.step_in_epoch, s.loop.epoch_loss_sum = s.loop.epoch + 1, 0, 0.0
-    finally:
-        stop.close()
-
 
 FROZEN = ("freeze=backbone", "freeze.allow_random_backbone=true")  # speed needs no weights
 ALL_VARIANTS = {
@@ -211,61 +104,6 @@ def images_per_s(variant: Variant, setup: Setup, steps: int) -> float:
     variant.loop(setup, steps)
     synchronize(setup.stepper.device)
     return images_in(setup.loader, steps) / (time.perf_counter() - start)
-
-
-def peak_memory_mib(variant: Variant, setup: Setup, steps: int) -> float:
-    """Peak memory of `steps` steps in MiB: CUDA's allocator peak on a GPU. On the CPU (Linux),
-    the same quantity pieced together: the variant's tensors that stay (parameters, gradients,
-    optimizer state, EMA) plus how far the process's peak resident memory rose during the
-    steps (the kernel's high-water mark, reset through /proc: activations and temporaries).
-    NaN where neither can be asked."""
-    device = setup.stepper.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        variant.loop(setup, steps)
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
-    except OSError:
-        return float("nan")
-    trim_heap()
-    before = resident_kib("VmRSS")
-    variant.loop(setup, steps)
-    return (resident_kib("VmHWM") - before) / 1024 + held_tensor_bytes(setup) / 2**20
-
-
-def held_tensor_bytes(setup: Setup) -> int:
-    """Bytes of the tensors a variant keeps between steps: its model's parameters and
-    buffers, their gradients, the optimizer's state and the EMA copy."""
-    tensors = {id(t): t for t in setup.net.parameters()}
-    tensors.update({id(t): t for t in setup.net.buffers()})
-    tensors.update({id(p.grad): p.grad for p in setup.net.parameters() if p.grad is not None})
-    for state in setup.stepper.optimizer.state.values():
-        tensors.update({id(v): v for v in state.values() if isinstance(v, torch.Tensor)})
-    if setup.stepper.ema is not None:
-        tensors.update({id(t): t for t in setup.stepper.ema.module.state_dict().values()})
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
-def trim_heap() -> None:
-    """Give the heap's free memory back to the kernel (glibc), so that what the steps reuse
-    from an earlier variant's frees counts as theirs."""
-    with contextlib.suppress(OSError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def resident_kib(field: str) -> int:
-    """A memory figure of this process from /proc/self/status, in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}")
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(
