@@ -23,6 +23,7 @@ RUN = (
     "experiment=text_tiny_bert",
     "data.size=240",
     "data.batch_size=16",
+    "data.sampler=length_grouped",  # text_table's default; resume must stay bitwise with it
     "trainer.epochs=3",
     "trainer.limit_train_batches=4",
     "trainer.progress_bar=false",
