@@ -78,6 +78,11 @@ def test_a_save_to_disk_folder_gives_class_label_names_and_its_own_splits(tmp_pa
     assert [len(named.train), len(named.val), len(named.test)] == [40, 10, 10]
     assert named.test_source == "val (validation)"
     assert named.val.texts == ROWS["text"][:10]
+    val_drawn = hf_dataset_splits(
+        data_cfg("hf_dataset", dataset=str(folder), split_map={"test": "validation"}), 0
+    )
+    assert [len(val_drawn.train), len(val_drawn.val), len(val_drawn.test)] == [36, 4, 10]
+    assert val_drawn.test_source == "test" and val_drawn.test.texts == ROWS["text"][:10]
     with pytest.raises(FinetuneError, match=r"split_map.test=test is not a split.*'validation'"):
         hf_dataset_splits(
             data_cfg("hf_dataset", dataset=str(folder), split_map={"test": "test"}), 0

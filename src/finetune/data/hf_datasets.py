@@ -2,10 +2,11 @@
 
 `data.dataset` is a hub id (imdb, glue with data.subset=sst2), a builder with local
 `data.data_files` (parquet, csv, json), or a folder `save_to_disk` wrote. `data.split_map` says
-which of its splits are train, val and test: with val null, val and test are drawn stratified
-from train (data.val_fraction, data.test_fraction) as for a table; with test null, the test
-metrics come from val (many hub sets hide their test labels). Labels of a ClassLabel column are
-its names. `datasets` is imported here only, so other runs never pay its import.
+which of its splits are train, val and test: a null one is drawn stratified from train
+(data.val_fraction, data.test_fraction) as for a table, except that with val named and test
+null the test metrics come from val (many hub sets hide their test labels). Labels of a
+ClassLabel column are its names. `datasets` is imported here only, so other runs never pay its
+import.
 
 Offline (HF_HUB_OFFLINE=1, as the tests run), a hub id that is not in the local cache fails at
 once in one line that names it and the two ways out.
@@ -17,12 +18,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from finetune.data.splits import Splits
+from finetune.data.splits import Splits, stratified_split
 from finetune.data.text import TextSamples, check_texts, text_splits_from
 from finetune.safety.errors import FinetuneError
+
+# One split's texts, second texts of a pair (or None) and label names.
+Columns = tuple[list[str], list[str] | None, list[str]]
 
 
 def hf_dataset_splits(cfg: DictConfig, seed: int) -> Splits:
@@ -38,11 +43,29 @@ def hf_dataset_splits(cfg: DictConfig, seed: int) -> Splits:
     if named["train"] is None:
         raise FinetuneError("data.split_map.train is null: name the split to train on")
     columns = columns_of(loaded[named["train"]], cfg)
-    if named["val"] is None:
+    test = columns_of(loaded[named["test"]], cfg) if named["test"] else None
+    if named["val"] is None and test is None:
         return text_splits_from(*columns, cfg, seed)
-    parts = {"train": columns, "val": columns_of(loaded[named["val"]], cfg)}
-    parts["test"] = columns_of(loaded[named["test"]], cfg) if named["test"] else parts["val"]
-    return fixed_splits(parts, "test" if named["test"] else f"val ({named['val']})")
+    if named["val"] is None:  # val drawn from train; the test split as named
+        parts = draw_val(columns, cfg, seed)
+    else:
+        parts = {"train": columns, "val": columns_of(loaded[named["val"]], cfg)}
+    parts["test"] = test if test is not None else parts["val"]
+    return fixed_splits(parts, "test" if test is not None else f"val ({named['val']})")
+
+
+def draw_val(columns: Columns, cfg: DictConfig, seed: int) -> dict[str, Columns]:
+    """Train and val drawn stratified from the train split (data.val_fraction)."""
+    texts, pairs, labels = columns
+    only_val = OmegaConf.merge(cfg, {"test_fraction": 0})
+    train, val, _ = stratified_split(np.asarray(labels), only_val, seed)
+
+    def pick(idx: np.ndarray) -> Columns:
+        chosen = idx.tolist()
+        second = [pairs[i] for i in chosen] if pairs is not None else None
+        return [texts[i] for i in chosen], second, [labels[i] for i in chosen]
+
+    return {"train": pick(train), "val": pick(val)}
 
 
 def load(cfg: DictConfig) -> Any:
@@ -87,12 +110,10 @@ def offline() -> bool:
 
 
 def as_plain(node: Any) -> Any:
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
 
 
-def columns_of(split: Any, cfg: DictConfig) -> tuple[list[str], list[str] | None, list[str]]:
+def columns_of(split: Any, cfg: DictConfig) -> Columns:
     """Texts, pairs and label names of one split; missing columns named with those present."""
     present = list(split.column_names)
     wanted = [cfg.text_column, cfg.label_column] + (
@@ -112,9 +133,7 @@ def columns_of(split: Any, cfg: DictConfig) -> tuple[list[str], list[str] | None
     return texts, pairs, labels
 
 
-def fixed_splits(
-    parts: dict[str, tuple[list[str], list[str] | None, list[str]]], test_source: str
-) -> Splits:
+def fixed_splits(parts: dict[str, Columns], test_source: str) -> Splits:
     """Splits as the data set names them; classes are the sorted names seen in training."""
     class_names = sorted(set(parts["train"][2]))
     if len(class_names) < 2:
