@@ -23,6 +23,7 @@ RUN = (
     "experiment=text_tiny_bert",
     "data.size=240",
     "data.batch_size=16",
+    "data.sampler=length_grouped",  # text_table's default; resume must stay bitwise with it
     "trainer.epochs=3",
     "trainer.limit_train_batches=4",
     "trainer.progress_bar=false",
@@ -39,7 +40,7 @@ def load(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("text")
-    result = run_train_in(base, *RUN)
+    result = run_train_in(base, *RUN, f"paths.cache_dir={base / 'cache'}")
     assert result.returncode == 0, result.output[-3000:]
     return result.run_dir
 
@@ -52,6 +53,7 @@ def test_the_run_records_text_metrics_and_keeps_its_tokenizer(text_run):
         rows = list(csv.DictReader(handle))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]
     log_lines = (text_run / "train.log").read_text().splitlines()
+    assert sum("Tokens cached in" in line for line in log_lines) == 3  # train, val, test
     epochs = [line for line in log_lines if "| train/loss" in line]
     assert len(epochs) == 3 and all(" samples/s | " in line for line in epochs), epochs
 
@@ -155,9 +157,12 @@ def test_ctrl_c_mid_epoch_then_resume_ends_bitwise_as_the_straight_run(
 ):
     # This run trains its own tokenizer in its own process: it must learn the straight run's
     # (models/hf_text.py, train_word_level), or the weights below would differ.
+    # It reads the straight run's cached tokens (data.token_cache): the same batches must follow.
+    shared_cache = f"paths.cache_dir={text_run.parent / 'cache'}"
     monkeypatch.setenv("FINETUNE_SIGNAL_AT_STEP", f"SIGINT:{INTERRUPT_AT_STEP}")
-    interrupted = run_train_in(tmp_path, *RUN)
+    interrupted = run_train_in(tmp_path, *RUN, shared_cache)
     assert interrupted.returncode == 128 + signal.SIGINT, interrupted.output[-3000:]
+    assert interrupted.output.count("Tokens from the cache") == 3, interrupted.output[-3000:]
     monkeypatch.delenv("FINETUNE_SIGNAL_AT_STEP")
     resumed = run_train_in(tmp_path, f"resume={interrupted.run_dir}", run_dir=interrupted.run_dir)
     assert resumed.returncode == 0, resumed.output[-3000:]

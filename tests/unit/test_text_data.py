@@ -57,7 +57,9 @@ def test_a_file_that_is_not_a_table_is_refused(tmp_path):
         text_table_splits(table_cfg(binary), 0)
     other = tmp_path / "t.xlsx"
     other.write_text("x")
-    with pytest.raises(FinetuneError, match=r"not a table this reads: use \.csv, \.tsv or \.jsonl"):
+    with pytest.raises(
+        FinetuneError, match=r"not a table this reads: use \.csv, \.tsv, \.jsonl or \.parquet"
+    ):
         text_table_splits(table_cfg(other), 0)
 
 

@@ -15,6 +15,7 @@ from finetune.data.digit_canvases import digit_canvases_splits
 from finetune.data.digits import digits_splits
 from finetune.data.digits_multilabel import digits_multilabel_splits
 from finetune.data.folders import image_folder_splits
+from finetune.data.hf_datasets import hf_dataset_splits
 from finetune.data.manifest import follow_manifest
 from finetune.data.mask_folder import mask_folder_splits
 from finetune.data.multilabel_table import multilabel_table_splits
@@ -35,6 +36,7 @@ BUILDERS = {
     "mask_folder": mask_folder_splits,
     "synthetic_reviews": synthetic_reviews_splits,
     "text_table": text_table_splits,
+    "hf_dataset": hf_dataset_splits,
 }
 
 

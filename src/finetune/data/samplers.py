@@ -1,6 +1,7 @@
-"""Training samplers: `data.sampler=random` (a seeded shuffle) or `weighted` (class-balanced).
+"""Training samplers: `data.sampler=random` (a seeded shuffle), `weighted` (class-balanced) or
+`length_grouped` (a shuffle in batches of similar lengths, for texts).
 
-Both are functions of (seed, epoch) alone and can start mid-epoch (EpochSampler's contract),
+All are functions of (seed, epoch) alone and can start mid-epoch (EpochSampler's contract),
 so a resumed run draws exactly the batches the uninterrupted run would, and under DDP each rank
 takes every world_size-th index of one shared draw.
 """
@@ -15,7 +16,9 @@ from finetune.data.splits import labels_of
 from finetune.engine.distributed import DistInfo
 from finetune.safety.errors import FinetuneError
 
-SAMPLERS = ("random", "weighted")
+SAMPLERS = ("random", "weighted", "length_grouped")
+# How many batches a length_grouped mega-batch holds (the sort window; HF Trainer's choice).
+MEGA_BATCH_BATCHES = 50
 SINGLE_PROCESS = DistInfo()
 
 
@@ -106,6 +109,48 @@ class WeightedEpochSampler(EpochSampler):
         yield from order[self.rank :: self.world_size][self.skip :].tolist()
 
 
+class LengthGroupedSampler(EpochSampler):
+    """A shuffle whose batches hold samples of similar lengths, so padding stays small.
+
+    The seeded permutation is cut into mega-batches of `MEGA_BATCH_BATCHES` global batches
+    (batch_size x world_size), each sorted by length, longest first, and cut into global
+    batches; the full batches are then shuffled, the one with the longest sample moved to the
+    front (a batch too big for memory fails at the first step, not at the end of an epoch),
+    and a short last batch stays last (so every other batch stays whole). Each rank takes every
+    world_size-th index of this shared order, so step k of every rank draws from global batch
+    k. Like the others: a function of (seed, epoch) alone, resumable mid-epoch.
+    """
+
+    def __init__(
+        self,
+        lengths: torch.Tensor,
+        batch_size: int,
+        seed: int,
+        loader_generator: torch.Generator,
+        rank: DistInfo = SINGLE_PROCESS,
+    ) -> None:
+        super().__init__(len(lengths), seed, loader_generator, rank)
+        self.lengths, self.global_batch = lengths, batch_size * rank.world_size
+
+    def __iter__(self):  # noqa: ANN204 (an iterator of indices)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.total, generator=generator)[: self.size * self.world_size]
+        if len(order) == 0:
+            return
+        mega = self.global_batch * MEGA_BATCH_BATCHES
+        groups = [order[start : start + mega] for start in range(0, len(order), mega)]
+        # A stable sort, so equal lengths keep their shuffled order.
+        ranked = [g[self.lengths[g].argsort(descending=True, stable=True)] for g in groups]
+        batches = list(torch.cat(ranked).split(self.global_batch))
+        tail = [batches.pop()] if len(batches[-1]) < self.global_batch else []
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        if batches:
+            longest = max(range(len(batches)), key=lambda i: int(self.lengths[batches[i]].max()))
+            batches[0], batches[longest] = batches[longest], batches[0]
+        order = torch.cat(batches + tail)
+        yield from order[self.rank :: self.world_size][self.skip :].tolist()
+
+
 class SeededKeys:
     """A sampler's order, each index with a seed from (seed, epoch, index) (data/seeding.py).
 
@@ -129,6 +174,10 @@ class SeededWeightedEpochSampler(SeededKeys, WeightedEpochSampler):
     pass
 
 
+class SeededLengthGroupedSampler(SeededKeys, LengthGroupedSampler):
+    pass
+
+
 def train_sampler(
     name: str,
     dataset: Dataset,
@@ -136,11 +185,13 @@ def train_sampler(
     loader_generator: torch.Generator,
     rank: DistInfo = SINGLE_PROCESS,
     seeded: bool = False,
+    batch_size: int = 1,
 ) -> EpochSampler:
     """The training split's sampler that `data.sampler` names.
 
     `seeded` samplers yield (index, seed) keys for SeededSamples (images that are augmented);
-    plain ones yield indices (cached features, which are not).
+    plain ones yield indices (cached features, which are not). `length_grouped` reads the
+    samples' `lengths` (tokenized texts) and groups them in batches of `batch_size`.
     """
     if name == "random":
         cls = SeededEpochSampler if seeded else EpochSampler
@@ -154,4 +205,13 @@ def train_sampler(
             )
         cls = SeededWeightedEpochSampler if seeded else WeightedEpochSampler
         return cls(labels.long(), seed, loader_generator, rank)
+    if name == "length_grouped":
+        lengths = getattr(dataset, "lengths", None)
+        if lengths is None:
+            raise FinetuneError(
+                "data.sampler=length_grouped groups texts by their token counts; this data set "
+                f"({type(dataset).__name__}) has none (use data.sampler=random)"
+            )
+        cls = SeededLengthGroupedSampler if seeded else LengthGroupedSampler
+        return cls(lengths, batch_size, seed, loader_generator, rank)
     raise FinetuneError(f"data.sampler={name} must be one of {', '.join(SAMPLERS)}")

@@ -1,12 +1,13 @@
 """GENERATED product reviews (negative, neutral, positive): the text default, made offline.
 
 No installed package ships a small real labelled text set (scikit-learn's 20 newsgroups and
-nltk's corpora are downloads; `datasets` is not installed), so the embedded text default is
-generated, and named so: `data=synthetic_reviews`. Each review is a seeded template sentence
-about a product. Its label is the sentiment of its opinion word, flipped by a negation before
-it ("not great" is negative, "not bad" positive); neutral reviews state facts with no opinion
-word. Word order therefore matters (a bag of words cannot tell "not great" from "great"), and
-`label_noise` of the labels are redrawn at random, so no model reaches 100%.
+nltk's corpora are downloads; `datasets` ships none: its hub sets are downloads too), so the
+embedded text default is generated, and named so: `data=synthetic_reviews`. Each review is a
+seeded template sentence about a product. Its label is the sentiment of its opinion word,
+flipped by a negation before it ("not great" is negative, "not bad" positive); neutral reviews
+state facts with no opinion word. Word order therefore matters (a bag of words cannot tell
+"not great" from "great"), and `label_noise` of the labels are redrawn at random, so no model
+reaches 100%.
 """
 
 from __future__ import annotations

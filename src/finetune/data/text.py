@@ -1,4 +1,4 @@
-"""Labelled texts: a table (`data=text_table`, CSV or JSON lines) or the generated default.
+"""Labelled texts: a table (`data=text_table`: CSV, JSON lines or parquet) or the generated default.
 
 A split holds raw texts until the run's tokenizer is known; `tokenize()` then encodes each
 split once (batched, by the fast tokenizer) and a sample becomes one long tensor of shape
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from torch.utils.data import Dataset
 from finetune.data.splits import Splits, stratified_split
 from finetune.safety.errors import FinetuneError
 
+log = logging.getLogger(__name__)
+
 
 class TextSamples(Dataset):
     """Texts (and optional second texts of a pair) with class labels; encoded by `tokenize`."""
@@ -29,6 +32,7 @@ class TextSamples(Dataset):
     def __init__(self, texts: list[str], pairs: list[str] | None, labels: torch.Tensor) -> None:
         self.texts, self.pairs, self.labels = texts, pairs, labels
         self.encoded: list[torch.Tensor] | None = None
+        self.lengths: torch.Tensor | None = None  # tokens per sample (length_grouped sorts them)
         self.transform: Any = None  # the engine sets one on every split; texts need none
 
     def __len__(self) -> int:
@@ -40,20 +44,47 @@ class TextSamples(Dataset):
         return self.encoded[index], int(self.labels[index])
 
 
-def tokenize(dataset: TextSamples, tokenizer: Any, max_length: int) -> None:
-    """Encode every text once: ids and token type ids, truncated to `max_length` tokens."""
-    pairs = dataset.pairs if dataset.pairs is not None else None
+def tokenize(
+    dataset: TextSamples, tokenizer: Any, max_length: int, cache_dir: str | None = None
+) -> None:
+    """Encode every text once: ids and token type ids, truncated to `max_length` tokens.
+
+    With `cache_dir` the tokens come from, or go to, a file keyed by the texts, the tokenizer
+    and max_length (data/token_cache.py), so the next run of a sweep does not tokenize again.
+    """
+    from finetune.data.token_cache import load_tokens, save_tokens, token_key
+
+    path = None
+    if cache_dir:
+        key = token_key(dataset.texts, dataset.pairs, tokenizer, max_length)
+        path = Path(cache_dir).expanduser() / f"{key}.safetensors"
+        cached = load_tokens(path)
+        if cached is not None and len(cached) == len(dataset.texts):
+            log.info("Tokens from the cache: %s", path)
+            set_encoded(dataset, cached)
+            return
+    set_encoded(dataset, encode(dataset.texts, dataset.pairs, tokenizer, max_length))
+    if path is not None:
+        save_tokens(path, dataset.encoded)
+        log.info("Tokens cached in %s", path)
+
+
+def encode(
+    texts: list[str], pairs: list[str] | None, tokenizer: Any, max_length: int
+) -> list[torch.Tensor]:
+    """(2, length) long tensors: token ids and token type ids (one batched call)."""
     encoded = tokenizer(
-        dataset.texts,
-        pairs,
-        truncation=True,
-        max_length=max_length,
-        return_token_type_ids=True,
+        texts, pairs, truncation=True, max_length=max_length, return_token_type_ids=True
     )
-    dataset.encoded = [
+    return [
         torch.tensor([ids, types], dtype=torch.long)
         for ids, types in zip(encoded["input_ids"], encoded["token_type_ids"], strict=True)
     ]
+
+
+def set_encoded(dataset: TextSamples, samples: list[torch.Tensor]) -> None:
+    dataset.encoded = samples
+    dataset.lengths = torch.tensor([sample.shape[1] for sample in samples])
 
 
 def collate_texts(batch: list[tuple[torch.Tensor, int]], pad_id: int) -> tuple[Any, ...]:
@@ -109,7 +140,7 @@ def check_texts(texts: list[str], column: str) -> None:
 
 
 def text_table_splits(cfg: DictConfig, seed: int) -> Splits:
-    """`data.path`: a CSV or JSON-lines table with a text, a label and an optional pair column."""
+    """`data.path`: a CSV, JSON-lines or parquet table: a text, a label, an optional pair column."""
     rows = read_table(cfg.path)
     columns = [cfg.text_column, cfg.label_column] + (
         [cfg.text_pair_column] if cfg.text_pair_column else []
@@ -128,9 +159,9 @@ def text_table_splits(cfg: DictConfig, seed: int) -> Splits:
 
 
 def read_table(path_text: str | None) -> list[dict[str, Any]]:
-    """The rows of a .csv, .tsv or .jsonl/.json-lines file; one line naming what is wrong."""
+    """The rows of a .csv, .tsv, .jsonl or .parquet file; one line naming what is wrong."""
     if not path_text:
-        raise FinetuneError("data=text_table needs data.path=FILE (.csv, .tsv or .jsonl)")
+        raise FinetuneError("data=text_table needs data.path=FILE (.csv, .tsv, .jsonl or .parquet)")
     path = Path(path_text).expanduser()
     if not path.is_file():
         raise FinetuneError(f"data.path={path_text} is not a file")
@@ -142,16 +173,25 @@ def read_table(path_text: str | None) -> list[dict[str, Any]]:
         elif suffix in (".jsonl", ".ndjson"):
             lines = path.read_text(encoding="utf-8").splitlines()
             rows = [json.loads(line) for line in lines if line.strip()]
+        elif suffix == ".parquet":
+            rows = read_parquet(path)
         else:
             raise FinetuneError(
-                f"data.path={path_text} is not a table this reads: use .csv, .tsv or .jsonl "
-                "(parquet needs pyarrow, which is not installed)"
+                f"data.path={path_text} is not a table this reads: use .csv, .tsv, .jsonl or "
+                ".parquet"
             )
-    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error, ValueError) as error:
         raise FinetuneError(f"data.path={path_text} is not a readable table: {error}") from None
     if not rows or not all(isinstance(row, dict) for row in rows):
         raise FinetuneError(f"data.path={path_text} has no table rows (a header and data lines)")
     return rows
+
+
+def read_parquet(path: Path) -> list[dict[str, Any]]:
+    """A parquet file's rows (pyarrow, imported only for parquet tables)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
 
 
 def prediction_texts(

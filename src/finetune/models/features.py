@@ -85,8 +85,15 @@ def add_content(digest: Any, dataset: Dataset) -> bool:
     """Feed what the samples hold into `digest`; False for a kind of data set it cannot read.
 
     Image files count by path, size, modification time and label (a rewritten or added file
-    gives a new key without reading every image); images in memory by their bytes.
+    gives a new key without reading every image); images in memory by their bytes; tokenized
+    texts by their tokens.
     """
+    encoded = getattr(dataset, "encoded", None)  # TextSamples, tokenized
+    if encoded is not None:
+        for tokens in encoded:
+            digest.update(tokens.numpy().tobytes() + b"\0")
+        digest.update(dataset.labels.numpy().tobytes())
+        return True
     samples = getattr(dataset, "samples", None)  # ImageFiles, InMemoryImages
     tensors = getattr(dataset, "tensors", None)  # TensorDataset
     if samples is not None:
@@ -117,18 +124,16 @@ def extract(
     workers: int,
     device: torch.device,
     name: str,
+    collate: Any = collate_readable,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's input (pooled backbone features) and the labels of a split.
 
-    A hook on the head reads its input, so this works for any source's model.
+    A hook on the head reads its input, so this works for any source's model. `collate` is the
+    split loader's: images skipped by data.on_bad_image=skip, texts padded.
     """
     model.eval()
     loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_readable,  # images skipped by data.on_bad_image=skip
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate
     )
     features, labels = [], []
     hook = head.register_forward_pre_hook(lambda _, args: features.append(args[0].float().cpu()))
@@ -173,6 +178,7 @@ def feature_loaders(
                 loader.num_workers,
                 device,
                 split,
+                loader.collate_fn,
             )
             cached[split] = {"features": features, "labels": labels}
         if path is not None:
@@ -180,7 +186,10 @@ def feature_loaders(
             log.info("Features cached in %s", path)
     generator = torch.Generator()
     train = TensorDataset(cached["train"]["features"], cached["train"]["labels"])
-    sampler = train_sampler(cfg.data.sampler, train, cfg.seed, generator)
+    train.lengths = getattr(loaders["train"].dataset, "lengths", None)  # length_grouped's order
+    sampler = train_sampler(
+        cfg.data.sampler, train, cfg.seed, generator, batch_size=cfg.data.batch_size
+    )
     result = {
         "train": DataLoader(
             train,

@@ -45,7 +45,8 @@ def check_task_reads_data(cfg: DictConfig) -> None:
     if cfg.task.inputs == "text" and not text_data:
         raise FinetuneError(
             f"task=text_classification reads texts but data={cfg.data.name} holds images: use "
-            "data=synthetic_reviews or data=text_table data.path=FILE, or drop "
+            "data=synthetic_reviews, data=text_table data.path=FILE or data=hf_dataset "
+            "data.dataset=ID, or drop "
             "task=text_classification"
         )
     if cfg.task.inputs != "text" and text_data:

@@ -50,8 +50,8 @@ class TextClassification(Classification):
 
         if splits.kind != "text":
             raise FinetuneError(
-                f"task=text_classification needs a text data set (data=synthetic_reviews or "
-                f"data=text_table), not data={self.cfg.data.name}"
+                f"task=text_classification needs a text data set (data=synthetic_reviews, "
+                f"data=text_table or data=hf_dataset), not data={self.cfg.data.name}"
             )
         saved = Path(self.cfg.paths.output_dir) / TOKENIZER_FILE
         self.tokenizer = tokenizer_for(self.cfg.model, list(splits.train.texts), saved)
