@@ -31,18 +31,23 @@ def class_counts(datasets: dict[str, Dataset], class_names: list[str]) -> dict[s
     return counts
 
 
-def report_class_counts(counts: dict[str, dict], min_val_per_class: int) -> None:
-    """Log each split's counts; warn about classes too small to be judged on validation."""
+def report_class_counts(
+    counts: dict[str, dict], min_val_per_class: int, samples: str = "images"
+) -> None:
+    """Log each split's counts of `samples` (images, texts); warn about classes too small to be
+    judged on validation."""
     for split, per_class in counts.items():
         listed = ", ".join(f"{name}: {n}" for name, n in per_class.items())
-        log.info("%s images per class: %s", split, listed)
+        log.info("%s %s per class: %s", split, samples, listed)
     few = {name: n for name, n in counts["val"].items() if n < min_val_per_class}
     if few:
         log.warning(
-            "classes with fewer than %d validation images (data.min_val_per_class): %s; their "
-            "validation metrics are noise (raise data.val_fraction or add images)",
+            "classes with fewer than %d validation %s (data.min_val_per_class): %s; their "
+            "validation metrics are noise (raise data.val_fraction or add %s)",
             min_val_per_class,
+            samples,
             ", ".join(f"{name} ({n})" for name, n in few.items()),
+            samples,
         )
 
 

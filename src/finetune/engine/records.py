@@ -98,7 +98,10 @@ def describe(run: Run) -> None:
     parts = run.parts
     params = count_parameters(parts.model)
     if run.rank.is_main:
-        report_class_counts(split_class_counts(parts.splits), run.cfg.data.min_val_per_class)
+        samples = "images" if parts.task.sees_images else "texts"
+        report_class_counts(
+            split_class_counts(parts.splits), run.cfg.data.min_val_per_class, samples
+        )
     run.summary.update(
         pretrained=parts.model_info.pretrained_source, classes=parts.task.class_names
     )
