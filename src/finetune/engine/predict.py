@@ -89,7 +89,8 @@ def run_predict(ckpt: str, spec: str, settings: DictConfig, out: Path | None) ->
     forward = build_forward(settings, model, path)
     temperature = resolve_temperature(settings.temperature, path)
     probs, indices, errors = predict_probs(loader, forward, task, settings, temperature)
-    rows = task.prediction_rows([inputs.names[i] for i in indices], probs, settings.top_k)
+    names = [inputs.names[i] for i in indices]
+    rows = task.prediction_rows(names, probs, settings.top_k)
     truths = [inputs.truths[i] for i in indices] if inputs.labelled else None
     if truths is not None:
         add_truth(rows, truths)
@@ -104,7 +105,7 @@ def run_predict(ckpt: str, spec: str, settings: DictConfig, out: Path | None) ->
         write_outputs(out, result)
         files = [inputs.files[i] for i in indices] if inputs.files else []  # texts have none
         result.files.update(task.prediction_pictures(out, files, rows, probs, settings))
-        removed = remove_stale_masks(out, earlier, [row["file"] for row in rows])
+        removed = remove_stale_masks(out, earlier, names)  # rows name texts by their text
         if removed:
             log.info("removed the masks of %d inputs of an earlier predict into %s", removed, out)
     return result
