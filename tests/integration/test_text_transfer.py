@@ -1,8 +1,8 @@
 """Transfer learning on texts, end to end on tiny runs of the text default: `freeze=partial`
 leaves the first layers as loaded (under bf16 autocast), `freeze=gradual` thaws at the
-configured epoch, the feature cache on the pooled output trains the same head as the uncached
-linear probe, and two torchrun processes of batch B end where one process of batch 2B does
-(length-grouped batches sharded over the ranks).
+configured epoch, a sweep of the linear probe with and without the feature cache on the pooled
+output trains one head (and summarises both jobs), and two torchrun processes of batch B end
+where one process of batch 2B does (length-grouped batches sharded over the ranks).
 
 One module-scoped "pretrained" run (1 epoch) is the backbone every frozen run loads (the random
 backbone guard refuses freezing a random one).
@@ -10,6 +10,7 @@ backbone guard refuses freezing a random one).
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -104,11 +105,25 @@ def test_gradual_thaws_the_backbone_at_the_configured_epoch(base):
     assert not same(first, loaded, HEAD)
 
 
-def test_the_feature_cache_on_the_pooled_output_trains_the_same_head(base):
-    probe = transfer_run(base, "probe", "freeze=backbone", "trainer.epochs=2")
-    cached = transfer_run(
-        base, "cached", "freeze=backbone", "freeze.cache_features=true", "trainer.epochs=2"
-    )
+def test_a_sweep_of_cached_and_uncached_probes_trains_the_same_head(base):
+    """One `-m` sweep, two jobs: the linear probe on the pooled output with and without the
+    feature cache. The sweep summarises both by the text monitor, and they train one head."""
+    result = run_train_in(
+        base, "-m", *RUN, f"model.pretrained={base / 'pre'}", f"paths.cache_dir={base / 'cache'}",
+        "freeze=backbone", "trainer.epochs=2", "freeze.cache_features=false,true",
+        f"paths.log_dir={base / 'sweep'}", own_dir=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.output[-3000:]
+    [sweep] = (base / "sweep" / "multirun").glob("*/*/")
+    with (sweep / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["status"] for row in rows] == ["completed", "completed"]
+    assert {row["monitor"] for row in rows} == {"val/acc"}
+    jobs = {}
+    for job in (p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()):
+        config = torch.load(job / "checkpoints/last.pt", weights_only=True)["config"]
+        jobs[config["freeze"]["cache_features"]] = job
+    probe, cached = jobs[False], jobs[True]
     assert "Features cached in" in (cached / "train.log").read_text()
     uncached_head = named(weights(probe / "checkpoints/last.pt"), HEAD)
     cached_head = named(weights(cached / "checkpoints/last.pt"), HEAD)
