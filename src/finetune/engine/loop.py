@@ -27,10 +27,10 @@ from finetune.safety.errors import FinetuneError
 from finetune.safety.faults import NonFiniteWatch
 from finetune.safety.injection import PlannedSignal
 from finetune.safety.signals import StopRequest
+from finetune.tasks.base import Task
 
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
-from finetune.tasks.base import Task
 
 
 @dataclass
