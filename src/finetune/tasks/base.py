@@ -144,7 +144,7 @@ class Task:
         return False
 
     def write_report(self, request: ReportRequest) -> Path:
-        """The report of `model` on `split` in `report_dir` (where `has_report`); its index.html.
+        """The report `request` asks for (where `has_report`), in its report_dir; its index.html.
 
         A classifier's: confusion, top losses, calibration (engine/report.py).
         """
