@@ -11,21 +11,17 @@ from __future__ import annotations
 import csv
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import (
-    REPO_ROOT,
     RESUME_STATE_KEYS,
     SEGMENTATION,
-    TRAIN_TIMEOUT_S,
+    run_script,
     run_train_in,
     state_differences,
     torchrun,
-    train_env,
 )
 
 # smp's own resnet18 at depth 3, as experiment=segment_digits has it: smp keeps layer3 and layer4
@@ -57,14 +53,7 @@ def test_two_processes_write_one_run_whose_metrics_count_every_pixel(tmp_path):
     assert summary["status"] == "completed"
     assert "world_size: 2" in (run_dir / "hparams.yaml").read_text()
     assert not [k for k in weights(run_dir) if k.startswith(("encoder.layer3", "encoder.layer4"))]
-    evaluation = subprocess.run(
-        [sys.executable, "eval.py", f"ckpt={run_dir}"],
-        cwd=REPO_ROOT,
-        env=train_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=TRAIN_TIMEOUT_S,
-    )
+    evaluation = run_script("eval.py", f"ckpt={run_dir}", base=tmp_path)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     single = json.loads((run_dir / "checkpoints/best.eval-test.json").read_text())["metrics"]
     assert {k for k in single if k.startswith("test/iou_")}, single
