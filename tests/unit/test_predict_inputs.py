@@ -71,3 +71,15 @@ def test_rows_have_top_k_labels_and_truth():
     assert rows[1]["correct"] == 0
     text = rows_csv(rows, list(rows[0])).decode()
     assert text.splitlines()[0] == "file,label_1,prob_1,label_2,prob_2,label_3,prob_3,true,correct"
+
+
+def test_an_earlier_predictions_table_names_only_files_inside_the_output_folder(tmp_path):
+    """predictions.csv is read back as data: names that climb out or name nothing are dropped,
+    and a name with '..' parts maps to a path inside masks/, never above it."""
+    from finetune.records.prediction_masks import earlier_inputs, output_name
+
+    table = "file,label\n..,a\n/,a\n../../etc/x.jpg,b\nok.jpg,c\n"
+    (tmp_path / "predictions.csv").write_text(table)
+    names = earlier_inputs(tmp_path)
+    assert names == {"../../etc/x.jpg", "ok.jpg"}
+    assert {str(output_name(name)) for name in names} == {"etc/x.png", "ok.png"}

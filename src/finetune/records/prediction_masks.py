@@ -106,7 +106,9 @@ def earlier_inputs(out: Path) -> set[str]:
     if not table.is_file():
         return set()
     with table.open(newline="") as handle:
-        return {row["file"] for row in csv.DictReader(handle) if row.get("file")}
+        names = {row["file"] for row in csv.DictReader(handle) if row.get("file")}
+    # The table is data: a name with no file part ("..", "/") names no mask of ours.
+    return {name for name in names if set(PurePosixPath(name).parts) - {"/", ".", ".."}}
 
 
 def remove_stale_masks(out: Path, earlier: set[str], current: list[str]) -> int:
