@@ -1,4 +1,8 @@
-"""The sweeper Hydra finds when it scans plugins; Optuna is imported only when a search starts."""
+"""The sweeper Hydra finds when it scans plugins; Optuna is imported only when a search starts.
+
+Hydra imports every module under hydra_plugins/ at the start of every run, so the work lives in
+finetune/sweep/optuna_search.py: here, it cost each plain run 0.26 s of importing Optuna.
+"""
 
 from typing import Any
 
@@ -8,7 +12,7 @@ from omegaconf import DictConfig
 
 
 class OptunaSweeper(Sweeper):
-    """Hydra's entry point; the work is in _impl.OptunaSweeperImpl."""
+    """Hydra's entry point; the work is in finetune.sweep.optuna_search."""
 
     def __init__(
         self,
@@ -21,7 +25,7 @@ class OptunaSweeper(Sweeper):
         n_jobs: int,
         params: dict[str, str] | None,
     ) -> None:
-        from ._impl import OptunaSweeperImpl
+        from finetune.sweep.optuna_search import OptunaSweeperImpl
 
         self.sweeper = OptunaSweeperImpl(
             sampler, pruner, direction, storage, study_name, n_trials, n_jobs, params

@@ -18,12 +18,12 @@ from sqlalchemy.exc import OperationalError
 
 from finetune.sweep import pruning
 from finetune.sweep import storage as storage_retry
-from hydra_plugins.finetune_optuna_sweeper._impl import (
+from finetune.sweep.optuna_search import (
     OptunaSweeperImpl,
     distribution,
     example_values,
 )
-from hydra_plugins.finetune_optuna_sweeper.outcomes import tell
+from finetune.sweep.trial_outcomes import tell
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

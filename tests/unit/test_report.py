@@ -30,6 +30,17 @@ def test_ece_is_zero_when_confidence_matches_accuracy_and_large_when_sure_and_wr
     assert expected_calibration_error(sure_and_wrong, torch.ones(10, dtype=torch.long), 10) > 0.99
 
 
+@pytest.mark.parametrize("bins", [10, 15])
+def test_ece_equals_torchmetrics_calibration_error(bins):
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    generator = torch.Generator().manual_seed(bins)
+    logits = torch.randn(500, 7, generator=generator) * 3
+    targets = torch.randint(0, 7, (500,), generator=generator)
+    expected = multiclass_calibration_error(logits.softmax(dim=1), targets, 7, n_bins=bins)
+    assert expected_calibration_error(logits, targets, bins) == pytest.approx(float(expected))
+
+
 def test_temperature_recovers_the_scale_of_over_confident_logits():
     generator = torch.Generator().manual_seed(0)
     calibrated = torch.randn(4000, 5, generator=generator) * 2

@@ -30,7 +30,7 @@ from finetune.safety.signals import StopRequest
 from finetune.tasks.base import Task
 
 if TYPE_CHECKING:
-    from torchmetrics import MetricCollection
+    from finetune.tasks.base import EpochMetrics
 
 
 @dataclass
@@ -204,7 +204,7 @@ def evaluate(
     model: nn.Module,
     loader: DataLoader,
     task: Task,
-    metrics: MetricCollection,
+    metrics: EpochMetrics,
     device: torch.device,
     prefix: str,
     limit_batches: int | None,

@@ -19,13 +19,15 @@ if TYPE_CHECKING:
 
 
 def expected_calibration_error(logits: torch.Tensor, targets: torch.Tensor, bins: int) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by their size."""
-    from torchmetrics.functional.classification import multiclass_calibration_error
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by their size.
 
-    probs = logits.float().softmax(dim=1)
-    return float(
-        multiclass_calibration_error(probs, targets, logits.shape[1], n_bins=bins, norm="l1")
-    )
+    torchmetrics' multiclass_calibration_error (norm l1), read off the reliability figure's own
+    bins: importing torchmetrics for it cost a report 4 s.
+    """
+    confidence, accuracy, counts = reliability_bins(logits, targets, bins)
+    filled = counts > 0
+    gaps = counts[filled] * np.abs(accuracy[filled] - confidence[filled])
+    return float(gaps.sum() / max(int(counts.sum()), 1))
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:

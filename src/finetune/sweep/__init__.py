@@ -1,1 +1,2 @@
-"""Sweeps: the summary callback and pruning reports (the Optuna sweeper is in hydra_plugins/)."""
+"""Sweeps: the summary callback, pruning reports, and the Optuna sweeper's work (Hydra finds its
+entry point in hydra_plugins/)."""

@@ -13,7 +13,7 @@ checkpoint or a run directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from omegaconf import DictConfig
@@ -25,7 +25,6 @@ from finetune.tasks.losses import build_loss
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
-    from torchmetrics import MetricCollection
 
     from finetune.data import Preprocessing, Splits
     from finetune.data.inputs import InputFiles
@@ -33,6 +32,17 @@ if TYPE_CHECKING:
     from finetune.engine.report_request import ReportRequest
     from finetune.models.factory import ModelInfo
     from finetune.records.predictions import Predictions
+
+
+class EpochMetrics(Protocol):
+    """What evaluation needs of a task's metrics: torchmetrics' four methods, so a task may
+    return a torchmetrics MetricCollection or count its own (tasks/confusion_metrics.py).
+    `compute` gives every rank the figures over all ranks."""
+
+    def to(self, device: torch.device) -> EpochMetrics: ...
+    def reset(self) -> None: ...
+    def update(self, probabilities: torch.Tensor, targets: torch.Tensor) -> None: ...
+    def compute(self) -> dict[str, torch.Tensor]: ...
 
 
 class Task:
@@ -114,7 +124,7 @@ class Task:
         """Targets as the task's torchmetrics want them."""
         return targets
 
-    def metrics(self) -> MetricCollection:
+    def metrics(self) -> EpochMetrics:
         raise NotImplementedError
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

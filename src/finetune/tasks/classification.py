@@ -7,17 +7,22 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from finetune.tasks.base import Task
+from finetune.tasks.confusion_metrics import (
+    ConfusionMetrics,
+    accuracy,
+    balanced_accuracy,
+    f1_macro,
+    top_k_accuracy,
+)
 
 if TYPE_CHECKING:
-    from torchmetrics import MetricCollection
-
     from finetune.records.predictions import Predictions
 
 
 class Classification(Task):
     """Accuracy (top-1, balanced, top-5), macro F1; a labelled grid and a confusion matrix."""
 
-    def metrics(self) -> MetricCollection:
+    def metrics(self) -> ConfusionMetrics:
         """Top-1 accuracy, macro F1, balanced accuracy, and top-5 accuracy beyond 5 classes.
 
         Balanced accuracy (the mean of per-class recalls) and macro F1 weigh every class alike,
@@ -26,23 +31,16 @@ class Classification(Task):
         the same number under the name that says how it averages. With 5 classes or fewer
         top-5 accuracy is 1 by definition, so it is left out.
         """
-        from torchmetrics import MetricCollection
-        from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-
-        n = self.num_outputs
-        f1 = MulticlassF1Score(num_classes=n, average="macro")
-        metrics = {
-            "acc": MulticlassAccuracy(num_classes=n, top_k=1, average="micro"),
-            "f1": f1,
-            "f1_macro": f1.clone(),
-            "balanced_acc": MulticlassAccuracy(num_classes=n, top_k=1, average="macro"),
+        reductions = {
+            "acc": accuracy,
+            "f1": f1_macro,
+            "f1_macro": f1_macro,
+            "balanced_acc": balanced_accuracy,
         }
-        if n > 5:
-            metrics["acc5"] = MulticlassAccuracy(num_classes=n, top_k=5, average="micro")
-        # Groups named here, never guessed: torchmetrics otherwise merges metrics whose states
-        # are equal after the first batch, and a first batch predicted right at top-1 makes
-        # top-1 and top-5 states equal, so every later epoch reported top-5 figures as F1.
-        return MetricCollection(metrics, compute_groups=[["f1", "f1_macro", "balanced_acc"]])
+        top_k = 5 if self.num_outputs > 5 else 0
+        if top_k:
+            reductions["acc5"] = top_k_accuracy
+        return ConfusionMetrics(self.num_outputs, reductions, top_k=top_k)
 
     def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")

@@ -1,8 +1,8 @@
 """Semantic segmentation: a class per pixel, softmax over classes, smp models (models/smp.py).
 
 Targets are (H, W) masks of class indices; pixels equal to `data.ignore_index` count in no loss
-and no metric. Metrics are torchmetrics' over every pixel of a split: mean IoU (the default
-monitor, `val/miou`), Dice (pixel F1, macro), pixel accuracy, and the IoU of each class
+and no metric. Metrics count every labelled pixel of a split (tasks/confusion_metrics.py): mean
+IoU (the default monitor, `val/miou`), Dice (pixel F1, macro), pixel accuracy, and each class's IoU
 (`val/iou_<class>`, in summary.json and the HParams table). Pictures: image | true | predicted
 overlays of a fixed set of validation images, and the pixel confusion matrix.
 """
@@ -16,10 +16,15 @@ import torch
 from omegaconf import DictConfig
 
 from finetune.tasks.base import Task
+from finetune.tasks.confusion_metrics import (
+    ConfusionMetrics,
+    accuracy,
+    f1_macro,
+    iou_per_class,
+    mean_iou,
+)
 
 if TYPE_CHECKING:
-    from torchmetrics import MetricCollection
-
     from finetune.engine.report_request import ReportRequest
     from finetune.records.predictions import Predictions
 
@@ -29,27 +34,14 @@ class Segmentation(Task):
     def ignore_index(self) -> int:
         return int(self.cfg.data.ignore_index)
 
-    def metrics(self) -> MetricCollection:
-        from torchmetrics import MetricCollection
-        from torchmetrics.classification import (
-            MulticlassAccuracy,
-            MulticlassF1Score,
-            MulticlassJaccardIndex,
-        )
-        from torchmetrics.wrappers import ClasswiseWrapper
-
-        n, ignore = self.num_outputs, self.ignore_index
-        per_class = MulticlassJaccardIndex(num_classes=n, average="none", ignore_index=ignore)
-        return MetricCollection(
-            {
-                "miou": MulticlassJaccardIndex(num_classes=n, average="macro", ignore_index=ignore),
-                "dice": MulticlassF1Score(num_classes=n, average="macro", ignore_index=ignore),
-                "pixel_acc": MulticlassAccuracy(
-                    num_classes=n, average="micro", ignore_index=ignore
-                ),
-                "iou": ClasswiseWrapper(per_class, labels=self.safe_names(), prefix="iou_"),
-            },
-            compute_groups=False,
+    def metrics(self) -> ConfusionMetrics:
+        """Over the labelled pixels of a split: mean IoU, Dice (macro pixel F1), pixel accuracy,
+        and each class's IoU as iou_<class>, all from one confusion matrix."""
+        return ConfusionMetrics(
+            self.num_outputs,
+            {"miou": mean_iou, "dice": f1_macro, "pixel_acc": accuracy},
+            per_class={"iou_": (iou_per_class, self.safe_names())},
+            ignore_index=self.ignore_index,
         )
 
     def safe_names(self) -> list[str]:

@@ -42,9 +42,8 @@ from optuna.trial import Trial, TrialState
 from sqlalchemy.engine import make_url
 
 from finetune.sweep.pruning import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
-
-from .outcomes import error_line, fail, tell
-from .seeding import PerTrialSeedSampler
+from finetune.sweep.trial_outcomes import error_line, fail, tell
+from finetune.sweep.trial_seeding import PerTrialSeedSampler
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +211,7 @@ class OptunaSweeperImpl(Sweeper):
         return study
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
-        """The sampler; with a seed, seeded per trial (seeding.py: workers and resumes differ)."""
+        """The sampler; with a seed, seeded per trial (trial_seeding.py says why)."""
         seed = OmegaConf.select(self.sampler, "seed")
         if seed is None:
             return instantiate(self.sampler)
