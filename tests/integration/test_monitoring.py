@@ -28,6 +28,7 @@ TINY = (
     "trainer.limit_val_batches=2",
     "trainer.log_every_n_steps=2",
     "logger=default",
+    "logger.tensorboard.histogram_every_n_epochs=1",
 )
 
 

@@ -226,7 +226,12 @@ def test_image_folder(image_tree: Path, run_train) -> None:
     assert 0 <= summary["test"]["test/acc"] <= 1
     facts = load_yaml(run_dir / "hparams.yaml")["run"]
     assert facts["split_sizes"] == {"train": 24, "val": 12, "test": 12}
-    assert len(read_metrics(run_dir)[1]) == 2
+    rows = read_metrics(run_dir)[1]
+    assert len(rows) == 2
+    # No second pass over the val samples: test/* are the tested epoch's val/* figures.
+    assert "test/* are the tested epoch's val/* figures" in output
+    best_row = rows[summary["best"]["epoch"] - 1]
+    assert summary["test"]["test/acc"] == pytest.approx(float(best_row["val/acc"]), abs=1e-6)
 
 
 def test_two_runs_in_one_second_get_their_own_dirs(tmp_path: Path, start_train_here) -> None:

@@ -125,3 +125,31 @@ def test_sweep_page_shows_every_job_escaped(tmp_path):
     html = page.read_text()
     assert html.index("optimizer.lr=0.1") < html.index("a=&lt;b&gt;")
     assert "0.9000" in html and "<b>" not in html
+
+
+@pytest.mark.parametrize(
+    ("test_source", "passes"), [("val (there is no DIR/test)", 1), ("test", 2)]
+)
+def test_the_report_passes_over_val_once_when_the_test_split_is_val(tmp_path, test_source, passes):
+    """A folder without test/ reports on its val samples: one pass gives both the temperature's
+    logits and the report's, not two over the same images."""
+    from omegaconf import OmegaConf
+
+    from finetune.data.splits import Splits
+    from finetune.engine.report import val_and_split_outputs
+    from finetune.engine.report_request import ReportRequest
+
+    images = torch.randn(6, 3, 4, 4)
+    val = torch.utils.data.TensorDataset(images, torch.arange(6) % 2)
+    test = torch.utils.data.TensorDataset(images, torch.arange(6) % 2)
+    splits = Splits(val, val, test, ["a", "b"], "tensor", test_source)
+    seen = []
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    cfg = OmegaConf.create({"data": {"batch_size": 6, "num_workers": 0}})
+    request = ReportRequest(
+        tmp_path, "t", model, splits, "test", None, cfg, torch.device("cpu"), None
+    )
+    (val_logits, _, _), (logits, targets, indices) = val_and_split_outputs(request)
+    assert len(seen) == passes and torch.equal(val_logits, logits)
+    assert targets.tolist() == [0, 1, 0, 1, 0, 1] and indices.tolist() == list(range(6))

@@ -31,6 +31,11 @@ class Splits:
     # data sets held in memory; image folders are described by their files instead.
     indices: dict[str, list[int]] | None = None
 
+    @property
+    def test_is_val(self) -> bool:
+        """No test samples of its own: `test` holds the validation samples (test_source says)."""
+        return self.test_source != "test"
+
 
 def check_folds(cfg: DictConfig) -> None:
     """data.folds=K (2 or more) with data.fold in 0..K-1; or no folds and fold 0."""

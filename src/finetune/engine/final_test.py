@@ -35,21 +35,24 @@ def test(run: Run) -> float:
     )
     if best_path is None:  # every save failed, under checkpoint.on_error=warn
         raise WriteFailed("no checkpoint could be saved in this run; free disk space, run again")
-    load_exact(parts.model, safe_torch_load(Path(best_path))["model_state_dict"], best_path)
+    tested = safe_torch_load(Path(best_path))
+    load_exact(parts.model, tested["model_state_dict"], best_path)
     if run.rank.is_main:  # timm's config.json, transformers' hf/: the best weights, natively
         save_native(parts.model, parts.model_info, cfg, run.paths.root, parts.task.class_names)
-    stepper = parts.stepper
-    test_metrics = evaluate(
-        run.net,
-        parts.loaders["test"],
-        parts.task,
-        run.metrics,
-        stepper.device,
-        "test",
-        None,
-        None,
-        stepper.dtype,
-    )
+    test_metrics = saved_val_as_test(run, tested.get("metrics") or {})
+    if test_metrics is None:
+        stepper = parts.stepper
+        test_metrics = evaluate(
+            run.net,
+            parts.loaders["test"],
+            parts.task,
+            run.metrics,
+            stepper.device,
+            "test",
+            None,
+            None,
+            stepper.dtype,
+        )
     loggers.log_metrics(test_metrics, run.loop.global_step)
     score = run.checkpointer.best["score"]  # None when the monitor was NaN at every epoch
     best_score = float(broadcast_from_main(math.nan if score is None else score))
@@ -70,6 +73,21 @@ def test(run: Run) -> float:
     )
     run.summary.update(faults_so_far(run))
     return best_score
+
+
+def saved_val_as_test(run: Run, saved: dict[str, float]) -> dict[str, float] | None:
+    """test/* without a pass, when the test split is the val samples (a folder without test/):
+    the tested checkpoint holds its epoch's val/* figures, which are these same weights on these
+    same samples. None when a pass is needed: a real test split, val limited to some batches, or
+    a checkpoint saved mid-epoch (no figures)."""
+    limited = run.cfg.trainer.limit_val_batches is not None
+    if not run.parts.splits.test_is_val or limited or "val/loss" not in saved:
+        return None
+    log.info(
+        "The test split is the val samples (%s): test/* are the tested epoch's val/* figures",
+        run.parts.splits.test_source,
+    )
+    return {f"test/{k[4:]}": v for k, v in saved.items() if k.startswith("val/")}
 
 
 def tested_checkpoint(checkpointer: Checkpointer, monitor: str) -> str | None:

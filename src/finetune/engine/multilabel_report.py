@@ -8,7 +8,7 @@ import logging
 import time
 from pathlib import Path
 
-from finetune.engine.report import check_not_empty, request_outputs
+from finetune.engine.report import check_not_empty, val_and_split_outputs
 from finetune.engine.report_request import ReportRequest
 from finetune.records.calibration import fit_temperature
 from finetune.records.exhibits import display_image, sample_names
@@ -26,8 +26,7 @@ def write_multilabel_report(request: ReportRequest) -> Path:
     """The multi-label report of `request.model` on its split; returns its index.html."""
     started, cfg, dataset = time.perf_counter(), request.cfg, request.dataset
     check_not_empty(request)
-    val_logits, val_targets, _ = request_outputs(request, request.splits.val)
-    logits, targets, indices = request_outputs(request, dataset)
+    (val_logits, val_targets, _), (logits, targets, indices) = val_and_split_outputs(request)
     top = top_loss_positions(logits, targets, cfg.report.top_losses)
     inputs = LabelReportInputs(
         title=request.title,

@@ -92,6 +92,17 @@ def request_outputs(
     )
 
 
+def val_and_split_outputs(
+    request: ReportRequest, collate: Callable[[list[Any]], Any] = collate_readable
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """`request_outputs` of val (the temperature is fitted there) and of the reported split:
+    one pass when that split is the val samples (a folder without test/), not two."""
+    val = request_outputs(request, request.splits.val, collate)
+    if request.split == "val" or (request.split == "test" and request.splits.test_is_val):
+        return val, val
+    return val, request_outputs(request, request.dataset, collate)
+
+
 def check_not_empty(request: ReportRequest) -> None:
     """A report needs samples of its split, and of val (where the temperature is fitted)."""
     if len(request.dataset) == 0 or len(request.splits.val) == 0:
@@ -107,8 +118,9 @@ def write_run_report(request: ReportRequest, exhibits: Any = None) -> Path:
     exhibits = exhibits or ImageExhibits()
     started, cfg, dataset = time.perf_counter(), request.cfg, request.dataset
     check_not_empty(request)
-    val_logits, val_targets, _ = request_outputs(request, request.splits.val, exhibits.collate)
-    logits, targets, indices = request_outputs(request, dataset, exhibits.collate)
+    (val_logits, val_targets, _), (logits, targets, indices) = val_and_split_outputs(
+        request, exhibits.collate
+    )
     top = top_loss_indices(logits, targets, cfg.report.top_losses)
     inputs = ReportInputs(
         title=request.title,

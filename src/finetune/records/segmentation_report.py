@@ -8,8 +8,8 @@
       worst_images.csv    their files, IoU and the classes each mask shows
 
 Per-class IoU is tp / (tp + fp + fn) of the pixel confusion counts (0 where a class is neither
-true nor predicted), as torchmetrics' JaccardIndex computes test/iou_<class>; the mean IoU
-leaves such classes out, as test/miou does. An image's IoU is
+true nor predicted), as test/iou_<class> is (tasks/confusion_metrics.py, torchmetrics' rule); the
+mean IoU leaves such classes out, as test/miou does. An image's IoU is
 the mean over the classes its true or predicted mask shows. The engine collects the pass
 (engine/segmentation_report.py); this module only draws and writes.
 """
@@ -95,8 +95,7 @@ def class_rows(counts: np.ndarray, class_names: list[str]) -> list[dict[str, Any
 
 
 def mean_iou(counts: np.ndarray, classes: list[dict[str, Any]]) -> float:
-    """Over the classes that are true or predicted somewhere, as torchmetrics' macro average
-    (test/miou) takes it."""
+    """Over the classes that are true or predicted somewhere, as test/miou takes it."""
     seen = (counts.sum(axis=0) + counts.sum(axis=1)) > 0
     return float(np.mean([row["iou"] for row, kept in zip(classes, seen, strict=True) if kept]))
 

@@ -17,8 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from finetune.engine.distributed import all_reduce_sum
+from torch import distributed
 
 
 @dataclass(frozen=True)
@@ -148,8 +147,10 @@ class ConfusionMetrics:
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Every metric, in name order (as torchmetrics' collections list them), over all ranks."""
-        local = torch.cat([self.confusion, self.top_k_hits.view(1)])
-        summed = all_reduce_sum(local).cpu().double()  # one host sync per split, not per batch
+        summed = torch.cat([self.confusion, self.top_k_hits.view(1)])
+        if distributed.is_available() and distributed.is_initialized():
+            distributed.all_reduce(summed)  # every rank's counts (a new tensor: ours stay)
+        summed = summed.cpu().double()  # one host sync per split, not per batch
         n = self.num_classes
         ignore = self.ignore_index
         ignored = ignore if ignore is not None and 0 <= ignore < n else None
