@@ -128,3 +128,22 @@ def test_unreadable_image_is_skipped_with_the_cache_on(tmp_path: Path) -> None:
     index = [path for path, _ in splits.train.samples].index(str(root / "train/a/broken.png"))
     assert dataset[index] is None and dataset[index] is None
     assert bool(splits.train.skipped[index]) and not bool(splits.train.decoded.filled[index])
+
+
+def test_auto_starts_no_loader_worker_for_cached_images_on_the_cpu(
+    tmp_path: Path,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    """Decoded once, a sample is a copy from memory: on the CPU a worker would only take cores
+    from the training's threads. Files decoded every time, or a GPU model, keep their workers."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    root = write_mixed_sizes(tmp_path / "images")
+
+    def workers(cache: str, device: str) -> int:
+        cfg = folder_cfg(root, tmp_path, cache=cache, num_workers="auto")
+        splits = build_splits(cfg, seed=0)
+        return build_loaders(cfg, splits, PREP, 0, torch.device(device))["train"].num_workers
+
+    assert workers("memory", "cpu") == 0 and workers("disk", "cpu") == 0
+    assert workers("none", "cpu") == 3
+    assert workers("memory", "cuda") == 3  # a loader starts its workers only when iterated

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from finetune.data.folders import collate_readable
-from finetune.data.loaders import worker_count
+from finetune.data.loaders import decoded_on_cpu, worker_count
 from finetune.engine.precision import autocast
 from finetune.engine.report_request import ReportRequest
 from finetune.records.calibration import fit_temperature
@@ -51,9 +51,11 @@ class Indexed(Dataset):
         return None if sample is None else (*sample, index)
 
 
-def kind_of(dataset: Dataset) -> str:
-    """Images held as tensors ("tensor", digits: no loader workers need them), or files ("pil")."""
-    return "tensor" if hasattr(dataset, "images") and not hasattr(dataset, "samples") else "pil"
+def kind_of(dataset: Dataset, device: torch.device) -> str:
+    """ "tensor" where a sample is a copy from memory and loader workers gain nothing (digits
+    held as tensors; image files decoded into data.cache, on the CPU), else files ("pil")."""
+    held = hasattr(dataset, "images") and not hasattr(dataset, "samples")
+    return "tensor" if held or decoded_on_cpu(dataset, device) else "pil"
 
 
 @torch.no_grad()  # not inference_mode: fitting the temperature needs autograd on these
@@ -70,7 +72,7 @@ def split_outputs(
     loader = DataLoader(
         Indexed(dataset),
         batch_size=data_cfg.batch_size,
-        num_workers=worker_count(data_cfg.num_workers, kind_of(dataset)),
+        num_workers=worker_count(data_cfg.num_workers, kind_of(dataset, device)),
         collate_fn=collate,
     )
     model.eval()

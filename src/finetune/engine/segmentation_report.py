@@ -61,7 +61,7 @@ def mask_pass(
     loader = DataLoader(
         Indexed(dataset),
         batch_size=data_cfg.batch_size,
-        num_workers=worker_count(data_cfg.num_workers, kind_of(dataset)),
+        num_workers=worker_count(data_cfg.num_workers, kind_of(dataset, device)),
         collate_fn=collate_readable,
     )
     model.eval()

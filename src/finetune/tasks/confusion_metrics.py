@@ -125,29 +125,31 @@ class ConfusionMetrics:
 
     def reset(self) -> None:
         n = self.num_classes
-        self.confusion = torch.zeros(n * n, dtype=torch.int64, device=self.device)
+        # n * n cells, and one more that ignored pixels fall into and nothing reads.
+        self.confusion = torch.zeros(n * n + 1, dtype=torch.int64, device=self.device)
         self.top_k_hits = torch.zeros((), dtype=torch.int64, device=self.device)
 
     def update(self, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
-        """probabilities [N, C, ...] and targets [N, ...] of one batch (no host sync)."""
-        targets = targets.long()
-        predicted = probabilities.argmax(dim=1).flatten()
+        """probabilities [N, C, ...] and targets [N, ...] of one batch.
+
+        No host sync (no boolean indexing, no bincount, which sizes its output from the data):
+        each sample adds one to its cell with scatter_add, deterministic on every device.
+        """
+        n, targets = self.num_classes, targets.long()
+        cells = targets * n + probabilities.argmax(dim=1)
+        labelled = None if self.ignore_index is None else targets != self.ignore_index
+        if labelled is not None:
+            cells = torch.where(labelled, cells, n * n)
+        cells = cells.flatten()
+        self.confusion.scatter_add_(0, cells, torch.ones_like(cells))
         if self.top_k:
             best = probabilities.topk(self.top_k, dim=1).indices
-            hits = (best == targets.unsqueeze(1)).any(dim=1).flatten()
-        targets = targets.flatten()
-        if self.ignore_index is not None:
-            labelled = targets != self.ignore_index
-            targets, predicted = targets[labelled], predicted[labelled]
-            hits = hits[labelled] if self.top_k else None
-        n = self.num_classes
-        self.confusion += torch.bincount(targets * n + predicted, minlength=n * n)
-        if self.top_k:
-            self.top_k_hits += hits.sum()
+            hits = (best == targets.unsqueeze(1)).any(dim=1)
+            self.top_k_hits += (hits if labelled is None else hits & labelled).sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Every metric, in name order (as torchmetrics' collections list them), over all ranks."""
-        summed = torch.cat([self.confusion, self.top_k_hits.view(1)])
+        summed = torch.cat([self.confusion[: self.num_classes**2], self.top_k_hits.view(1)])
         if distributed.is_available() and distributed.is_initialized():
             distributed.all_reduce(summed)  # every rank's counts (a new tensor: ours stay)
         summed = summed.cpu().double()  # one host sync per split, not per batch
