@@ -48,7 +48,7 @@ def test_the_report_s_pixel_counts_give_torchmetrics_per_class_iou():
     from torchmetrics.classification import MulticlassJaccardIndex
 
     from finetune.engine.segmentation_report import pixel_counts
-    from finetune.records.segmentation_report import class_rows, mean_iou
+    from finetune.tasks.confusion_metrics import Counts, iou_per_class, mean_iou
 
     generator = torch.Generator().manual_seed(0)
     targets = torch.randint(0, 3, (4, 8, 8), generator=generator)
@@ -58,12 +58,11 @@ def test_the_report_s_pixel_counts_give_torchmetrics_per_class_iou():
     expected = MulticlassJaccardIndex(num_classes=4, average="none", ignore_index=255)(
         preds, targets
     )
-    counts = pixel_counts(targets, preds, 4, 255).numpy()
-    rows = class_rows(counts, ["background", "a", "b", "c"])
-    assert [row["iou"] for row in rows] == pytest.approx(expected.tolist(), abs=1e-6)
+    counts = Counts.of(pixel_counts(targets, preds, 4, 255), ignore_index=255)
+    assert iou_per_class(counts).tolist() == pytest.approx(expected.tolist(), abs=1e-6)
     miou = MulticlassJaccardIndex(num_classes=4, average="macro", ignore_index=255)
-    assert mean_iou(counts, rows) == pytest.approx(float(miou(preds, targets)), abs=1e-6)
-    assert counts.sum() == (targets != 255).sum()
+    assert float(mean_iou(counts)) == pytest.approx(float(miou(preds, targets)), abs=1e-6)
+    assert counts.confusion.sum() == (targets != 255).sum()
 
 
 def test_predict_keeps_masks_not_probabilities_and_rows_count_their_pixels(tmp_path):

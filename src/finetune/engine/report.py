@@ -52,8 +52,9 @@ class Indexed(Dataset):
 
 
 def kind_of(dataset: Dataset, device: torch.device) -> str:
-    """ "tensor" where a sample is a copy from memory and loader workers gain nothing (digits
-    held as tensors; image files decoded into data.cache, on the CPU), else files ("pil")."""
+    """The loader kind of a split: "tensor" where a sample is a copy from memory and loader
+    workers gain nothing (digits held as tensors; image files decoded into data.cache, on the
+    CPU), else "pil" (files decoded per sample)."""
     held = hasattr(dataset, "images") and not hasattr(dataset, "samples")
     return "tensor" if held or decoded_on_cpu(dataset, device) else "pil"
 

@@ -26,6 +26,7 @@ from finetune.engine.report_request import ReportRequest
 from finetune.records.exhibits import display_image, sample_names
 from finetune.records.segmentation_report import MaskReportInputs, write_mask_report
 from finetune.safety.errors import FinetuneError
+from finetune.tasks.confusion_metrics import Counts, iou_per_class, macro_mean, mean_iou
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,12 @@ def pixel_counts(targets: torch.Tensor, preds: torch.Tensor, n: int, ignore: int
 
 
 def image_ious(targets: torch.Tensor, preds: torch.Tensor, n: int, ignore: int) -> torch.Tensor:
-    """Each image's IoU: the mean over the classes in its true or predicted mask."""
+    """Each image's IoU: the mean over the classes in its true or predicted mask (1 for an
+    image with no labelled pixel: nothing in it is wrong)."""
     ious = []
     for target, pred in zip(targets, preds, strict=True):
-        counts = pixel_counts(target, pred, n, ignore).double()
-        union = counts.sum(0) + counts.sum(1) - counts.diag()
-        shown = union > 0
-        ious.append((counts.diag()[shown] / union[shown]).mean() if shown.any() else 1.0)
+        counts = Counts.of(pixel_counts(target, pred, n, ignore))
+        ious.append(macro_mean(iou_per_class(counts), counts) if counts.support.any() else 1.0)
     return torch.tensor(ious, dtype=torch.float64)
 
 
@@ -88,6 +88,8 @@ def write_segmentation_report(request: ReportRequest) -> Path:
     counts, ious, preds, indices = mask_pass(
         request.model, dataset, cfg.data, request.device, request.dtype, n
     )
+    # IoU by the rules test/iou_<class> and test/miou follow, so the two agree.
+    counted = Counts.of(torch.from_numpy(counts), int(cfg.data.ignore_index))
     worst = np.argsort(ious.numpy(), kind="stable")[: cfg.report.top_losses].tolist()
     gallery = []
     for position in worst:
@@ -99,6 +101,8 @@ def write_segmentation_report(request: ReportRequest) -> Path:
         class_names=list(request.splits.class_names),
         ignore_index=int(cfg.data.ignore_index),
         counts=counts,
+        class_iou=iou_per_class(counted).tolist(),
+        mean_iou=float(mean_iou(counted)),
         ious=ious,
         preds=preds,
         names=sample_names(dataset, split, indices),

@@ -7,11 +7,9 @@
       worst_images.png    the images with the lowest IoU: image | true | predicted
       worst_images.csv    their files, IoU and the classes each mask shows
 
-Per-class IoU is tp / (tp + fp + fn) of the pixel confusion counts (0 where a class is neither
-true nor predicted), as test/iou_<class> is (tasks/confusion_metrics.py, torchmetrics' rule); the
-mean IoU leaves such classes out, as test/miou does. An image's IoU is
-the mean over the classes its true or predicted mask shows. The engine collects the pass
-(engine/segmentation_report.py); this module only draws and writes.
+The engine collects the pass and computes the IoU figures with the epoch metrics' own functions
+(engine/segmentation_report.py, tasks/confusion_metrics.py), so per_class.csv and the mean IoU
+agree with test/iou_<class> and test/miou; this module only draws and writes.
 """
 
 from __future__ import annotations
@@ -46,6 +44,8 @@ class MaskReportInputs:
     class_names: list[str]
     ignore_index: int
     counts: np.ndarray  # (C, C) pixel counts, [true, predicted]
+    class_iou: list[float]  # each class's IoU, as test/iou_<class>
+    mean_iou: float  # as test/miou
     ious: torch.Tensor  # (N,) each image's IoU, in split order
     preds: torch.Tensor  # (N, H, W) predicted masks
     names: list[str]  # a name per image (its file, or split[index])
@@ -82,22 +82,15 @@ PAGE = """<!doctype html>
 """
 
 
-def class_rows(counts: np.ndarray, class_names: list[str]) -> list[dict[str, Any]]:
+def class_rows(
+    counts: np.ndarray, class_names: list[str], class_iou: list[float]
+) -> list[dict[str, Any]]:
     """per_class.csv: each class's IoU, then precision, recall, F1 and pixel support."""
-    true_pos = np.diag(counts).astype(float)
-    union = counts.sum(axis=0) + counts.sum(axis=1) - true_pos
-    iou = np.divide(true_pos, union, out=np.zeros_like(true_pos), where=union > 0)
     rows = per_class_rows(counts, class_names)
     return [
         {"class": row["class"], "iou": round(float(value), 6), **row}
-        for row, value in zip(rows, iou, strict=True)
+        for row, value in zip(rows, class_iou, strict=True)
     ]
-
-
-def mean_iou(counts: np.ndarray, classes: list[dict[str, Any]]) -> float:
-    """Over the classes that are true or predicted somewhere, as test/miou takes it."""
-    seen = (counts.sum(axis=0) + counts.sum(axis=1)) > 0
-    return float(np.mean([row["iou"] for row, kept in zip(classes, seen, strict=True) if kept]))
 
 
 def shown_classes(mask: torch.Tensor, class_names: list[str], ignore: int) -> str:
@@ -138,7 +131,7 @@ def write_mask_report(report_dir: Path, inputs: MaskReportInputs) -> Path:
 
     report_dir.mkdir(parents=True, exist_ok=True)
     names, counts = inputs.class_names, inputs.counts
-    classes = class_rows(counts, names)
+    classes = class_rows(counts, names, inputs.class_iou)
     write_csv(report_dir / "per_class.csv", classes)
     np.savetxt(report_dir / "confusion.csv", counts, fmt="%d", delimiter=",",
                header=",".join(names), comments="")  # fmt: skip
@@ -155,7 +148,7 @@ def write_mask_report(report_dir: Path, inputs: MaskReportInputs) -> Path:
     if inputs.curves is not None and inputs.curves.is_file():
         pictures["curves"] = inputs.curves.read_bytes()
     summary = {
-        "mean IoU": mean_iou(counts, classes),
+        "mean IoU": inputs.mean_iou,
         "pixel accuracy": float(np.trace(counts) / max(counts.sum(), 1)),
         "mean image IoU": float(inputs.ious.mean()),
         "images": len(inputs.ious),

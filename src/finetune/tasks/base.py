@@ -121,7 +121,7 @@ class Task:
         raise NotImplementedError
 
     def metric_targets(self, targets: torch.Tensor) -> torch.Tensor:
-        """Targets as the task's torchmetrics want them."""
+        """Targets as the task's epoch metrics (`metrics()`) take them."""
         return targets
 
     def metrics(self) -> EpochMetrics:

@@ -28,6 +28,19 @@ class Counts:
     top_k_hits: torch.Tensor  # float64 scalar: samples whose class is among the k best
     ignored_class: int | None = None  # an ignore_index that names a class: out of the mean IoU
 
+    @classmethod
+    def of(
+        cls,
+        confusion: torch.Tensor,
+        ignore_index: int | None = None,
+        top_k_hits: torch.Tensor | None = None,
+    ) -> Counts:
+        """The counts of a confusion matrix: an ignore_index outside the classes names none."""
+        n = confusion.shape[0]
+        ignored = ignore_index if ignore_index is not None and 0 <= ignore_index < n else None
+        hits = confusion.new_zeros(()) if top_k_hits is None else top_k_hits
+        return cls(confusion.double(), hits.double(), ignored)
+
     @property
     def true_positives(self) -> torch.Tensor:
         return self.confusion.diag()
@@ -154,9 +167,7 @@ class ConfusionMetrics:
             distributed.all_reduce(summed)  # every rank's counts (a new tensor: ours stay)
         summed = summed.cpu().double()  # one host sync per split, not per batch
         n = self.num_classes
-        ignore = self.ignore_index
-        ignored = ignore if ignore is not None and 0 <= ignore < n else None
-        counts = Counts(summed[: n * n].view(n, n), summed[-1], ignored)
+        counts = Counts.of(summed[: n * n].view(n, n), self.ignore_index, summed[-1])
         results = {name: reduce(counts) for name, reduce in self.reductions.items()}
         for prefix, (per_class, names) in self.per_class.items():
             results.update(zip((prefix + name for name in names), per_class(counts), strict=True))
