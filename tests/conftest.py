@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -180,57 +179,6 @@ def error_lines(output: str) -> list[str]:
 # Processes (Linux /proc): what a train.py started, and what each one runs.
 
 
-def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 240) -> None:
-    """Wait until `path` exists; fail at once, with the output, if the process ended."""
-    deadline = time.time() + timeout_s
-    while not path.exists():
-        assert process.poll() is None, process.communicate()[0][-3000:]
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
-def wait_for_step(
-    run_dir: Path, process: subprocess.Popen, step: int, timeout_s: float = 240
-) -> int:
-    """Wait until the run's last.pt was saved at `step` or later (a state, not a moment).
-
-    Returns the step saved. A run started with `checkpoint.every_n_steps` saves mid-epoch, so
-    this reaches into an epoch; last.pt is renamed into place whole, so reading it is safe.
-    """
-    import torch
-
-    path = run_dir / "checkpoints" / "last.pt"
-    deadline = time.time() + timeout_s
-    while True:
-        saved = -1
-        if path.exists():
-            saved = torch.load(path, map_location="cpu", weights_only=True)["global_step"]
-        if saved >= step:
-            return saved
-        assert process.poll() is None, process.communicate()[0][-3000:]
-        assert time.time() < deadline, f"{path} never reached step {step} (last: {saved})"
-        time.sleep(0.05)
-
-
-def children(pid: int) -> list[int]:
-    """The processes `pid` started (its data loader workers, W&B's service), all threads."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(child) for child in (task / "children").read_text().split()]
-    return sorted(found)
-
-
-def descendants(pid: int) -> list[int]:
-    found = []
-    for child in children(pid):
-        found += [child, *descendants(child)]
-    return found
-
-
-def command_of(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-
-
 @pytest.fixture
 def start_train_here(tmp_path: Path) -> Callable[..., subprocess.Popen]:
     """`start_train(tmp_path, *overrides)`: a train.py process left running (concurrency)."""
@@ -270,39 +218,6 @@ def make_image_tree() -> Callable[..., Path]:
 def image_tree(tmp_path: Path) -> Path:
     """A tiny ImageFolder tree: train/ (8 per class) and val/ (4 per class), classes a, b, c."""
     return write_image_tree(tmp_path / "images", {"train": 8, "val": 4}, ("a", "b", "c"))
-
-
-# Checkpoints compared, for resume equality: what the next step depends on; `loop` and `rng`
-# say where, and with which random streams.
-RESUME_STATE_KEYS = (
-    "model_state_dict",
-    "optimizer_state_dict",
-    "scheduler",
-    "ema_state_dict",
-    "loop",
-    "rng",
-    "epoch",
-    "global_step",
-)
-
-
-def state_differences(a: object, b: object, where: str = "") -> list[str]:
-    """Where two checkpoint values differ: tensors bitwise, containers item by item."""
-    import torch
-
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
-        return [] if same else [where]
-    if isinstance(a, dict) and isinstance(b, dict):
-        if a.keys() != b.keys():
-            return [f"{where} keys"]
-        return [d for k in a for d in state_differences(a[k], b[k], f"{where}.{k}")]
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        if len(a) != len(b):
-            return [f"{where} length"]
-        pairs = enumerate(zip(a, b, strict=True))
-        return [d for i, (x, y) in pairs for d in state_differences(x, y, f"{where}[{i}]")]
-    return [] if a == b else [where]
 
 
 # The tiny segmentation run of tests/integration/test_segmentation*.py: 32-pixel digit canvases,

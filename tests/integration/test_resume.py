@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import wait_for, wait_for_step
+from processes import wait_for, wait_for_step
 
 TINY = (
     "model=test_resnet",

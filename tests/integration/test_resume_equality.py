@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RESUME_STATE_KEYS, run_train_in, state_differences
+from conftest import run_train_in
+from resume_checks import RESUME_STATE_KEYS, state_differences
 
 # 4 steps an epoch; workers and augmentation (digits' default) on; the backbone thaws at
 # epoch 2, so the interrupted step lies after the thaw; the cosine schedule is mid-way.

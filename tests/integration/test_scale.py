@@ -13,14 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
-    REPO_ROOT,
-    RESUME_STATE_KEYS,
-    TRAIN_TIMEOUT_S,
-    state_differences,
-    torchrun,
-    train_env,
-)
+from conftest import REPO_ROOT, TRAIN_TIMEOUT_S, torchrun, train_env
+from resume_checks import RESUME_STATE_KEYS, state_differences
 
 TINY = (
     "model=test_resnet",

@@ -15,14 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
-    RESUME_STATE_KEYS,
-    SEGMENTATION,
-    run_script,
-    run_train_in,
-    state_differences,
-    torchrun,
-)
+from conftest import SEGMENTATION, run_script, run_train_in, torchrun
+from resume_checks import RESUME_STATE_KEYS, state_differences
 
 # smp's own resnet18 at depth 3, as experiment=segment_digits has it: smp keeps layer3 and layer4
 # in the encoder whatever the depth, and DDP waits for their gradients unless they are dropped.

@@ -16,14 +16,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import (
-    TRAIN_TIMEOUT_S,
-    command_of,
-    descendants,
-    error_lines,
-    wait_for,
-    wait_for_step,
-)
+from conftest import TRAIN_TIMEOUT_S, error_lines
+from processes import command_of, descendants, wait_for, wait_for_step
 
 TINY = (
     "model=test_resnet",

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RESUME_STATE_KEYS, run_script, run_train_in, state_differences
+from conftest import run_script, run_train_in
+from resume_checks import RESUME_STATE_KEYS, state_differences
 
 # 3 epochs of 4 steps on 240 generated reviews; the LR schedule is mid-way at the interruption.
 RUN = (

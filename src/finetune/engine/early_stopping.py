@@ -8,10 +8,15 @@ stops at the very epoch the uninterrupted one would.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+from omegaconf import DictConfig
+
 from finetune.safety.errors import FinetuneError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,3 +66,20 @@ def early_stopping(trainer: Any, mode: str) -> EarlyStopping:
 
 
 __all__ = ["EarlyStopping", "early_stopping"]
+
+
+def stop_early(cfg: DictConfig, epoch: int, summary: dict[str, Any]) -> None:
+    """Say why the run ends here; summary.json's status becomes early_stopped."""
+    log.info(
+        "Early stopping at epoch %d: %s has not improved by more than %s for %d epochs",
+        epoch,
+        cfg.monitor,
+        cfg.trainer.min_delta,
+        cfg.trainer.patience,
+    )
+    summary["early_stopped"] = True
+
+
+def finished_status(summary: dict[str, Any]) -> str:
+    """completed, or early_stopped when trainer.patience ended the run (tested as usual)."""
+    return "early_stopped" if summary.get("early_stopped") else "completed"

@@ -88,22 +88,14 @@ def train_one_epoch(
     The loss stays on the device and is read (a host sync) only every `log_every_n_steps`.
     The data order is a function of (seed, epoch), so a resumed epoch skips what was done.
     """
-    trainer, device = cfg.trainer, stepper.device
-    accumulate = trainer.accumulate_grad_batches
-    distributed = dist_info().enabled
-    model.train()
-    task = stepper.task
-    steps = steps_in_epoch(loader, trainer)
-    loader.sampler.set_epoch(
-        loop.epoch + 1, skip_batches=loop.step_in_epoch * accumulate, batch_size=loader.batch_size
-    )
+    trainer, device, task = cfg.trainer, stepper.device, stepper.task
+    accumulate, distributed = trainer.accumulate_grad_batches, dist_info().enabled
+    steps = start_epoch(model, loader, trainer, loop)
     loss_sum = torch.tensor(loop.epoch_loss_sum, device=device)
     watch = NonFiniteWatch(device)  # the first step whose loss is NaN or inf
     planned = PlannedSignal()  # tests only: a signal at a chosen step
     images_seen, start = 0, time.perf_counter()
-    bar = ProgressBar(
-        steps, f"epoch {loop.epoch + 1}", enabled=trainer.progress_bar, initial=loop.step_in_epoch
-    )
+    bar = ProgressBar(steps, f"epoch {loop.epoch + 1}", trainer.progress_bar, loop.step_in_epoch)
     batches_done = loop.step_in_epoch * accumulate  # skipped on a mid-epoch resume
     for batch, data in enumerate(loader, start=1):
         if loop.step_in_epoch >= steps:
@@ -112,10 +104,8 @@ def train_one_epoch(
         if stepper.mix is not None:  # seeded by (epoch, batch): the same on resume
             images, targets = stepper.mix(images, targets, loop.epoch + 1, batches_done + batch)
         steps_now = batch % accumulate == 0
-        # DDP all-reduces gradients on every backward; between steps that is wasted work.
-        sync = contextlib.nullcontext() if steps_now or not distributed else model.no_sync()
-        with sync:
-            loss = forward_backward(model, images, targets, stepper, accumulate, batch)
+        no_sync = distributed and not steps_now
+        loss = forward_backward(model, images, targets, stepper, accumulate, batch, no_sync)
         loss_sum += loss.detach()
         watch.see(loss, loop.global_step + 1)  # no sync: read on log steps and before saves
         images_seen += images.shape[0]
@@ -127,27 +117,50 @@ def train_one_epoch(
         planned.after_step(loop.global_step)
         log_step = loop.global_step % trainer.log_every_n_steps == 0
         if log_step:
-            watch.check()
             rate = images_seen / (time.perf_counter() - start)
-            log_train_step(loggers, bar, loss.item() * accumulate, rate, loop.global_step, task)
+            log_train_step(loggers, bar, watch, loss * accumulate, rate, loop.global_step, task)
         bar.advance()
         # Ranks must stop at the same step; agreeing costs a collective, so only on log steps.
         stopping = any_rank(stop.requested, device) if log_step or not distributed else False
-        every = cfg.checkpoint.every_n_steps
-        if stopping or (every and loop.global_step % every == 0):
-            loop.epoch_loss_sum = loss_sum.item()
-            watch.check(model)  # never a checkpoint from NaN weights
-            save_mid_epoch(loop.epoch_loss_sum / loop.step_in_epoch)
-            if stopping:
-                bar.close()
-                raise stop.stopped_or_peer()
+        if stopping or due(loop.global_step, cfg.checkpoint.every_n_steps):
+            save_mid_epoch_now(model, loop, loss_sum, watch, save_mid_epoch)
+        if stopping:
+            bar.close()
+            raise stop.stopped_or_peer()
         if loop.step_in_epoch >= steps:
             break  # now, not at the top: loading (and augmenting) one more batch is wasted work
     bar.close()
     watch.check(model)  # before the epoch's checkpoint is written
-    elapsed = time.perf_counter() - start
     mean_loss = all_reduce_sum(loss_sum / steps).item() / dist_info().world_size
-    return mean_loss, images_seen / max(elapsed, 1e-9)
+    return mean_loss, images_seen / max(time.perf_counter() - start, 1e-9)
+
+
+def due(step: int, every: int | None) -> bool:
+    """Whether `step` is one of every `every` steps (None: never)."""
+    return bool(every) and step % every == 0
+
+
+def start_epoch(model: nn.Module, loader: DataLoader, trainer: DictConfig, loop: LoopState) -> int:
+    """Training mode, and epoch `loop.epoch + 1`'s batches in order, less those a mid-epoch
+    resume has done; returns the epoch's optimizer steps."""
+    model.train()
+    steps = steps_in_epoch(loader, trainer)
+    skip = loop.step_in_epoch * trainer.accumulate_grad_batches
+    loader.sampler.set_epoch(loop.epoch + 1, skip_batches=skip, batch_size=loader.batch_size)
+    return steps
+
+
+def save_mid_epoch_now(
+    model: nn.Module,
+    loop: LoopState,
+    loss_sum: torch.Tensor,
+    watch: NonFiniteWatch,
+    save_mid_epoch: Callable[[float], None],
+) -> None:
+    """A checkpoint inside the epoch (every_n_steps, or a stop): the loss so far goes with it."""
+    loop.epoch_loss_sum = loss_sum.item()
+    watch.check(model)  # never a checkpoint from NaN weights
+    save_mid_epoch(loop.epoch_loss_sum / loop.step_in_epoch)
 
 
 def forward_backward(
@@ -157,24 +170,44 @@ def forward_backward(
     stepper: Stepper,
     accumulate: int,
     batch: int,
+    no_sync: bool = False,
 ) -> torch.Tensor:
-    """The loss of one batch (scaled for accumulation), its gradients added to the model's."""
-    with autocast(stepper.device, stepper.dtype):
-        loss = stepper.criterion(model(images), targets) / accumulate
+    """The loss of one batch (scaled for accumulation), its gradients added to the model's.
+
+    `no_sync`: a DDP model's backward skips its all-reduce (a batch between optimizer steps:
+    reducing there is wasted work)."""
+    with model.no_sync() if no_sync else contextlib.nullcontext():
+        with autocast(stepper.device, stepper.dtype):
+            loss = stepper.criterion(model(images), targets) / accumulate
+        zero_grad_if_first(stepper.optimizer, accumulate, batch)
+        (stepper.scaler.scale(loss) if stepper.scaler else loss).backward()
+    return loss
+
+
+def zero_grad_if_first(optimizer: torch.optim.Optimizer, accumulate: int, batch: int) -> None:
+    """Drop the last step's gradients at the first batch of a step."""
     if (batch - 1) % accumulate == 0:
         # The last step's gradients go only now, while this forward's activations hold the
         # heap, so the allocator reuses their memory. Freed right after the step, they went back
         # to the OS and returned as page faults (~4% of a resnet18 step on CPU, see
         # scripts/benchmark.py); kept, they also feed the epoch's histograms.
-        stepper.optimizer.zero_grad(set_to_none=True)
-    (stepper.scaler.scale(loss) if stepper.scaler else loss).backward()
-    return loss
+        optimizer.zero_grad(set_to_none=True)
 
 
 def log_train_step(
-    loggers: Loggers, bar: ProgressBar, loss: float, images_per_s: float, step: int, task: Task
+    loggers: Loggers,
+    bar: ProgressBar,
+    watch: NonFiniteWatch,
+    step_loss: torch.Tensor,
+    images_per_s: float,
+    step: int,
+    task: Task,
 ) -> None:
-    """The step's scalars (train/images_per_s counts samples of any kind); the bar's postfix."""
+    """The step's scalars (train/images_per_s counts samples of any kind); the bar's postfix.
+
+    Reading the loss is the step's one host sync, so the NaN watch is checked here too."""
+    watch.check()
+    loss = step_loss.item()
     loggers.log_metrics({"train/loss": loss, "train/images_per_s": images_per_s}, step)
     bar.show(**{"loss": f"{loss:.4f}", task.rate_unit: f"{images_per_s:.0f}"})
 

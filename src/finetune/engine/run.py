@@ -25,7 +25,12 @@ from torch import nn
 
 from finetune.engine.build import Parts, build_parts
 from finetune.engine.distributed import DistInfo, barrier, dist_info, rank_device
-from finetune.engine.early_stopping import EarlyStopping, early_stopping
+from finetune.engine.early_stopping import (
+    EarlyStopping,
+    early_stopping,
+    finished_status,
+    stop_early,
+)
 from finetune.engine.final_test import test
 from finetune.engine.loop import LoopState, evaluate, train_one_epoch
 from finetune.engine.lr_finder import RangeTest, resolve_lr
@@ -118,11 +123,6 @@ def run(cfg: DictConfig) -> float:
     return best
 
 
-def finished_status(summary: dict[str, Any]) -> str:
-    """completed, or early_stopped when trainer.patience ended the run (tested as usual)."""
-    return "early_stopped" if summary.get("early_stopped") else "completed"
-
-
 def setup(
     cfg: DictConfig,
     paths: RunPaths,
@@ -183,27 +183,15 @@ def setup(
 def fit(run: Run) -> None:
     """Epochs until `trainer.epochs`, each one recorded and checkpointed."""
     while run.loop.epoch < run.cfg.trainer.epochs:
-        stop_early = run_epoch(run)
+        patience_ran_out = run_epoch(run)
         if run.stop.requested:
             run.checkpointer.wait()  # the epoch's checkpoint is on disk before the run stops
             raise run.stop.stopped()
-        if stop_early:
-            log_early_stop(run)
+        if patience_ran_out:
+            stop_early(run.cfg, run.loop.epoch, run.summary)
             break
     run.checkpointer.wait()  # the last epoch's write (engine/writer.py)
     run.summary.update(best=run.checkpointer.best)
-
-
-def log_early_stop(run: Run) -> None:
-    trainer = run.cfg.trainer
-    log.info(
-        "Early stopping at epoch %d: %s has not improved by more than %s for %d epochs",
-        run.loop.epoch,
-        run.cfg.monitor,
-        trainer.min_delta,
-        trainer.patience,
-    )
-    run.summary["early_stopped"] = True
 
 
 def run_epoch(run: Run) -> bool:
