@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import multiprocessing
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from finetune.data.folders import ImageFiles, collate_readable, skipped_images
 from finetune.data.splits import Splits
-from finetune.data.tracking import TrackedDataset
+from finetune.data.tracking import TrackedDataset, last_sample_of, worker_deaths
 from finetune.engine.checkpointer import Checkpointer
 from finetune.safety.errors import (
     DataFault,
@@ -112,6 +116,30 @@ def test_an_unreadable_image_in_a_worker_names_the_worker_and_file(
     assert isinstance(fault, DataFault)
     assert str(fault).startswith(f"data loader worker 0: unreadable image {broken} (sample 2)")
     assert "\n" not in str(fault)
+
+
+def test_a_worker_killed_while_handing_over_a_batch_is_named_not_the_reset_connection(
+    tmp_path, make_image_tree
+) -> None:
+    """PyTorch raises the reset connection when its worker dies mid-transfer (before the worker
+    is a zombie); the fault still names the worker, its signal and its sample."""
+    dataset, _ = tree_dataset(tmp_path / "tree", make_image_tree, "error")
+    tracked = TrackedDataset(dataset, "train", 1)
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    worker.start()
+    tracked.table[0] = torch.tensor([worker.pid, 4, 1])  # as the worker notes it (tracking.py)
+    os.kill(worker.pid, signal.SIGKILL)
+    try:
+        lost = ConnectionResetError(104, "Connection reset by peer")
+        fault = explain(lost, CFG, last_sample_of, worker_deaths)
+        assert isinstance(fault, DataFault), fault
+        assert f"train data loader worker 0 (pid {worker.pid}), loading train sample 4" in str(
+            fault
+        )
+        assert "was killed by SIGKILL" in str(fault) and "data.num_workers" in str(fault)
+        assert explain(lost, CFG) is lost  # no worker died: the error is left as it is
+    finally:
+        worker.join()
 
 
 def test_a_failing_transform_names_the_sample_and_its_file(tmp_path, make_image_tree) -> None:

@@ -10,6 +10,8 @@ a sample (a failing transform) is named the same way, in the worker, before PyTo
 from __future__ import annotations
 
 import os
+import signal
+import time
 import weakref
 from typing import Any
 
@@ -87,3 +89,35 @@ def last_sample_of(pid: int) -> str | None:
                 f"{tracked.describe(index)},"
             )
     return None
+
+
+def worker_deaths(wait_s: float = 1.0) -> str:
+    """This process's dead loader workers, one line each in PyTorch's words ("DataLoader worker
+    (pid 4242) is killed by signal: Killed."); "" if none.
+
+    PyTorch misses a worker killed while it hands over a batch: the main process meets a reset
+    connection before the worker is a zombie, and raises that instead. Looking again, up to
+    `wait_s`, finds it. The workers' pids are those they noted in the shared tables.
+    """
+    pids = {pid for tracked in list(LIVE) for pid in tracked.table[:, PID].tolist() if pid > 0}
+    deadline = time.monotonic() + wait_s
+    while True:
+        lines = [line for line in map(death_of, sorted(pids)) if line]
+        if lines or time.monotonic() > deadline:
+            return "\n".join(lines)
+        time.sleep(0.05)
+
+
+def death_of(pid: int) -> str | None:
+    """How a child process ended, without reaping it (PyTorch still waits for it); None while
+    it lives or when it is not a child of this process."""
+    try:
+        ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    if ended is None:
+        return None
+    worker = f"DataLoader worker (pid {pid})"
+    if ended.si_code == os.CLD_EXITED:
+        return f"{worker} exited unexpectedly with exit code {ended.si_status}"
+    return f"{worker} is killed by signal: {signal.strsignal(ended.si_status)}."

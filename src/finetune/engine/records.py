@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from finetune.data.class_counts import report_class_counts, split_class_counts
 from finetune.data.folders import skipped_images
-from finetune.data.tracking import last_sample_of
+from finetune.data.tracking import last_sample_of, worker_deaths
 from finetune.engine import lr_finder
 from finetune.engine.distributed import dist_info, quiet_other_ranks
 from finetune.engine.rundir import RunPaths, read_summary, write_hparams, write_summary
@@ -24,7 +24,7 @@ from finetune.models.factory import count_parameters
 from finetune.records.augmented import log_augmented_grid
 from finetune.records.progress import log_to_file_only
 from finetune.safety.errors import one_line
-from finetune.safety.faults import explain, fault_counts, status_of
+from finetune.safety.faults import explain, fault_counts, silence_dead_workers, status_of
 
 if TYPE_CHECKING:
     from finetune.engine.run import Run
@@ -139,9 +139,9 @@ def record_failure(
     started: float,
 ) -> None:
     """summary.json says how the run ended; the error becomes one line with the fix."""
-    fault = explain(
-        error, cfg, last_sample_of
-    )  # out of memory, a dead worker, ...: one line with the fix
+    silence_dead_workers()  # the failure is written and said once, whatever dies next
+    # Out of memory, a dead worker, ...: one line with the fix.
+    fault = explain(error, cfg, last_sample_of, worker_deaths)
     interrupted = isinstance(error, KeyboardInterrupt)
     summary["error"] = None if interrupted else one_line(fault)
     finish_summary(paths, summary, status_of(fault), started)

@@ -13,6 +13,7 @@ import errno
 import itertools
 import re
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,9 @@ DEAD_WORKER = re.compile(
     r"(?:is killed by signal: (?P<signal>[^.]+)"
     r"|exited unexpectedly(?: with exit code (?P<code>-?\d+))?)"
 )
+# What the main process meets when a worker dies while handing over a batch (its socket is
+# reset before PyTorch sees the worker gone).
+LOST_BATCH = (ConnectionError, EOFError)
 # The header of an exception re-raised from a worker: "Caught X in DataLoader worker process 1."
 IN_WORKER = re.compile(r"in DataLoader worker process (\d+)")
 # errno values that mean "the disk will not take it", whoever was writing.
@@ -50,11 +54,13 @@ def explain(
     error: BaseException,
     cfg: DictConfig,
     worker_sample: Callable[[int], str | None] = lambda pid: None,
+    worker_deaths: Callable[[], str] = str,
 ) -> BaseException:
     """The fault behind `error` as a FinetuneError with its status and exit code; else `error`.
 
-    `worker_sample(pid)` names what a data loader worker was loading (data/tracking.py's
-    `last_sample_of`, passed in by the engine: safety knows nothing of data).
+    `worker_sample(pid)` names what a data loader worker was loading, and `worker_deaths()`
+    words the dead workers PyTorch missed (data/tracking.py's `last_sample_of` and
+    `worker_deaths`, passed in by the engine: safety knows nothing of data).
     """
     if isinstance(error, FinetuneError):
         return from_worker(error)
@@ -64,6 +70,8 @@ def explain(
     if isinstance(error, MemoryError) or any(is_out_of_memory(e) for e in chain(error)):
         return OutOfMemory(out_of_memory_line(text, cfg))
     # PyTorch says "exited unexpectedly" wrapped around "is killed by signal: X": the latter.
+    if any(isinstance(e, LOST_BATCH) for e in chain(error)) and not DEAD_WORKER.search(text):
+        text += "\n" + worker_deaths()  # a worker died while handing over a batch
     deaths = sorted(DEAD_WORKER.finditer(text), key=lambda m: m.group("signal") is None)
     if deaths:
         return DataFault(dead_worker_line(deaths[0], cfg, worker_sample))
@@ -76,6 +84,18 @@ def explain(
         name = error.filename or "a file of the run"
         return WriteFailed(f"could not write {name}: {error.strerror}; free disk space")
     return error
+
+
+def silence_dead_workers() -> None:
+    """Keep PyTorch's SIGCHLD handler from raising again once the run has failed.
+
+    A dead loader worker stays registered while its persistent iterator lives, and torch's
+    handler raises at every later SIGCHLD: once, while summary.json was being written, it
+    replaced the one-line error with a traceback. A later sweep job's loader still finds a dead
+    worker, by its own check of its workers (every 5 s).
+    """
+    if hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def chain(error: BaseException) -> list[BaseException]:
