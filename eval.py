@@ -3,10 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
+from finetune.process_exit import leave_live_objects_to_the_os
 from finetune.resolvers import register_resolvers
 from finetune.safety.errors import exit_on_user_error, hydra_errors_as_bad_input
 
 register_resolvers()
+leave_live_objects_to_the_os()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

@@ -3,9 +3,11 @@
 import hydra
 from omegaconf import DictConfig
 
+from finetune.process_exit import leave_live_objects_to_the_os
 from finetune.resolvers import register_resolvers
 
 register_resolvers()
+leave_live_objects_to_the_os()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")

@@ -7,12 +7,14 @@ from omegaconf import DictConfig
 
 from finetune.engine.distributed_env import launched_by_torchrun
 from finetune.engine.resume import resume_argv
+from finetune.process_exit import leave_live_objects_to_the_os
 from finetune.resolvers import register_resolvers
 from finetune.safety.checks import check_config
 from finetune.safety.errors import exit_on_user_error, hydra_errors_as_bad_input
 from finetune.safety.runlock import hold_run_dir_lock, lock_run_dir
 
 register_resolvers()
+leave_live_objects_to_the_os()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
