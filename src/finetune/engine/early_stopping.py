@@ -65,9 +65,6 @@ def early_stopping(trainer: Any, mode: str) -> EarlyStopping:
     return EarlyStopping(trainer.patience, float(trainer.min_delta), mode)
 
 
-__all__ = ["EarlyStopping", "early_stopping"]
-
-
 def stop_early(cfg: DictConfig, epoch: int, summary: dict[str, Any]) -> None:
     """Say why the run ends here; summary.json's status becomes early_stopped."""
     log.info(
@@ -83,3 +80,6 @@ def stop_early(cfg: DictConfig, epoch: int, summary: dict[str, Any]) -> None:
 def finished_status(summary: dict[str, Any]) -> str:
     """completed, or early_stopped when trainer.patience ended the run (tested as usual)."""
     return "early_stopped" if summary.get("early_stopped") else "completed"
+
+
+__all__ = ["EarlyStopping", "early_stopping", "finished_status", "stop_early"]
