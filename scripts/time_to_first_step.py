@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PHASES = ("imports", "model", "data", "setup", "first_step", "total")
+PHASES = ("imports", "splits", "model", "data", "setup", "first_step", "total")
 # Speed does not depend on the weights: no hub lookup; one batch each way, CSV logs only.
 SHORT_RUN = (
     "model.pretrained=false",

@@ -106,6 +106,9 @@ def test_summary(tiny_run) -> None:
     test = summary["test"]
     assert {"test/loss", "test/acc", "test/f1"} <= set(test)
     assert 0.5 <= test["test/acc"] <= 1, "3 epochs of test_resnet should beat chance by far"
+    # Start-up in its phases, each its own: cutting the splits is not counted as the model.
+    phases = ["imports", "splits", "model", "data", "setup", "first_step", "total"]
+    assert list(summary["startup_s"]) == phases
 
 
 def test_checkpoints(tiny_run) -> None:

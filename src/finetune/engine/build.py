@@ -87,6 +87,8 @@ def build_parts(
     """
     check_cache_features(cfg)
     splits = build_splits(cfg.data, cfg.seed, split_manifest)
+    if clock:
+        clock.mark("splits")  # reading the data's index, cutting (or reading) the splits
     task = build_task(cfg, splits.class_names)
     task.attach(splits)
     model, model_info = task.build_model(cfg.model)
