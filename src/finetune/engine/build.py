@@ -23,7 +23,7 @@ from finetune.engine.ema import build_ema, follow_structure
 from finetune.engine.loop import Stepper, steps_in_epoch
 from finetune.engine.optim import add_param_groups, param_groups
 from finetune.engine.precision import autocast_dtype, grad_scaler, maybe_compile
-from finetune.engine.startup import StartupClock
+from finetune.engine.startup import StartupClock, mark
 from finetune.models.factory import ModelInfo
 from finetune.models.features import check_cache_features, feature_loaders
 from finetune.models.freeze import Freezer, check_freeze
@@ -87,16 +87,14 @@ def build_parts(
     """
     check_cache_features(cfg)
     splits = build_splits(cfg.data, cfg.seed, split_manifest)
-    if clock:
-        clock.mark("splits")  # reading the data's index, cutting (or reading) the splits
+    mark(clock, "splits")  # reading the data's index, cutting (or reading) the splits
     task = build_task(cfg, splits.class_names)
     task.attach(splits)
     model, model_info = task.build_model(cfg.model)
     check_freeze(cfg.freeze, model_info.pretrained_loaded)
     if cfg.freeze.policy == "lora":
         add_lora(model, cfg.freeze, model_info)
-    if clock:
-        clock.mark("model")
+    mark(clock, "model")
     prep = task.preprocessing(model_info, cfg.data)
     loaders = task.data_loaders(cfg, splits, prep, device, rank)
     model.to(device)
@@ -111,8 +109,7 @@ def build_parts(
         head = model.get_submodule(model_info.head[0])
         loaders = feature_loaders(model, head, loaders, cfg, prep.as_dict(), device)
         trained = head
-    if clock:
-        clock.mark("data")
+    mark(clock, "data")
     net = wrap(trained, cfg, device)
     # Parameter groups hold tensors, which Hydra cannot pass through a config: call a partial.
     optimizer_cfg = {k: v for k, v in cfg.optimizer.items() if k != "backbone_lr_mult"}

@@ -69,3 +69,9 @@ class StartupClock:
             )
 
         handle = optimizer.register_step_post_hook(first_step)
+
+
+def mark(clock: StartupClock | None, phase: str) -> None:
+    """End a start-up phase where a clock runs (the LR finder's probe and scripts have none)."""
+    if clock is not None:
+        clock.mark(phase)
