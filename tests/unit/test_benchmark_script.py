@@ -71,7 +71,8 @@ def test_each_option_row_trains_with_its_option_on() -> None:
 def test_startup_table_times_a_real_run_to_its_first_step() -> None:
     benchmark = load_script()
     table = benchmark.startup_table(["test_resnet"], ["data.image_size=16"], runs=1).splitlines()
-    assert table[1].split() == ["model", "imports", "model", "data", "setup", "first_step", "total"]
+    header = ["model", "imports", "splits", "model", "data", "setup", "first_step", "total"]
+    assert table[1].split() == header
     name, *seconds = table[2].split()
     phases, total = [float(s) for s in seconds[:-1]], float(seconds[-1])
     assert name == "test_resnet" and min(phases) >= 0 and total > 0
