@@ -100,6 +100,8 @@ def worker_deaths(wait_s: float = 1.0) -> str:
     `wait_s`, finds it. The workers' pids are those they noted in the shared tables.
     """
     pids = {pid for tracked in list(LIVE) for pid in tracked.table[:, PID].tolist() if pid > 0}
+    if not pids:
+        return ""  # no worker has loaded anything: the error came from elsewhere (the hub...)
     deadline = time.monotonic() + wait_s
     while True:
         lines = [line for line in map(death_of, sorted(pids)) if line]

@@ -69,9 +69,9 @@ def explain(
     text = "\n".join(str(e) for e in chain(error))
     if isinstance(error, MemoryError) or any(is_out_of_memory(e) for e in chain(error)):
         return OutOfMemory(out_of_memory_line(text, cfg))
-    # PyTorch says "exited unexpectedly" wrapped around "is killed by signal: X": the latter.
     if any(isinstance(e, LOST_BATCH) for e in chain(error)) and not DEAD_WORKER.search(text):
         text += "\n" + worker_deaths()  # a worker died while handing over a batch
+    # PyTorch says "exited unexpectedly" wrapped around "is killed by signal: X": the latter.
     deaths = sorted(DEAD_WORKER.finditer(text), key=lambda m: m.group("signal") is None)
     if deaths:
         return DataFault(dead_worker_line(deaths[0], cfg, worker_sample))
