@@ -3,7 +3,7 @@
 A fresh mapping is what costs: it is unmapped on free, and the next step faults every page of it
 back in. Fault counts themselves vary with the kernel (transparent huge pages) and with load (a
 CI run once saw more faults with the setting on), so the test checks the mechanism, which is
-deterministic: glibc's count of mmapped blocks (mallinfo2().hblks) while a 24 MiB block lives.
+deterministic: glibc's count of mmapped blocks (mallinfo2().hblks) while a block lives.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ class MallInfo2(ctypes.Structure):
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 before = libc.mallinfo2().hblks
-block = torch.empty(6 * 2**20)  # 24 MiB of float32: a step's activations at a modest size
+block = torch.empty(int(sys.argv[2]) * 2**18)  # MiB of float32
 print(libc.mallinfo2().hblks - before)
 """
 
 
-def new_mappings(setting: str) -> int:
+def new_mappings(setting: str, mib: int) -> int:
     result = subprocess.run(
-        [sys.executable, "-c", NEW_MAPPINGS_FOR_A_BLOCK, setting],
+        [sys.executable, "-c", NEW_MAPPINGS_FOR_A_BLOCK, setting, str(mib)],
         capture_output=True,
         text=True,
         check=True,
@@ -41,9 +41,16 @@ def new_mappings(setting: str) -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_a_step_sized_block_comes_from_the_heap_with_freed_memory_kept() -> None:
-    assert new_mappings("off") == 1  # glibc's default: mmapped, and unmapped again on free
-    assert new_mappings("on") == 0
+@pytest.mark.parametrize(
+    "mib",
+    [
+        24,  # a step's activations at a modest size
+        72,  # resnet18's largest block at batch 64: above the 32 MiB mapping threshold's ceiling
+    ],
+)
+def test_a_step_sized_block_comes_from_the_heap_with_freed_memory_kept(mib: int) -> None:
+    assert new_mappings("off", mib) == 1  # glibc's default: mmapped, and unmapped again on free
+    assert new_mappings("on", mib) == 0
 
 
 def test_off_changes_nothing() -> None:

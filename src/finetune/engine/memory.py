@@ -1,13 +1,17 @@
 """Keep the memory a training step frees, instead of handing it back to the OS every step.
 
-glibc's malloc returns big freed blocks to the kernel (munmap, and trimming the top of the
-heap), and a step's activations and gradients are big blocks freed every step: the next step
-asks for them again, and every page comes back as a minor page fault, zero-filled by the kernel.
-Measured here (resnet18, 32 px, batch 32, one thread): about 4,000 minor faults per step with
-glibc's defaults, about 300 with these settings. PyTorch's CPU allocator is plain malloc, so
-the fix is malloc's own knobs (mallopt, as MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_
-would set them at start-up): blocks up to 32 MiB come from the heap, and up to 1 GiB of freed
-heap is kept for reuse.
+glibc's malloc serves big blocks with fresh mappings (mmap) and unmaps them on free, and it
+trims the top of its heap back to the kernel. A step's activations, gradients and convolution
+buffers are big blocks freed every step, so the next step asks for them again and every page
+comes back as a minor page fault, zero-filled by the kernel. Measured here (timm resnet18, 32 px,
+batch 64, two threads): about 25,000 minor faults and 75 ms of system time per step with
+glibc's defaults, none with these settings, and 8-15% less CPU time per step. The largest
+block of that step is a 72 MiB buffer, above the 32 MiB that glibc allows as a mapping
+threshold, so raising the threshold alone left 16,000 faults a step: the fix is to serve every
+block from the heap (M_MMAP_MAX = 0; glibc still maps when the heap cannot grow) and keep up
+to 1 GiB of freed heap for reuse (M_TRIM_THRESHOLD). PyTorch's CPU allocator is plain malloc,
+so malloc's own knobs are the ones to turn (mallopt, as MALLOC_MMAP_MAX_ and
+MALLOC_TRIM_THRESHOLD_ would set them at start-up).
 """
 
 from __future__ import annotations
@@ -18,8 +22,7 @@ import logging
 
 log = logging.getLogger(__name__)
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-MMAP_THRESHOLD = 32 * 2**20  # glibc's largest (HEAP_MAX_SIZE / 2 on 64-bit)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
 TRIM_THRESHOLD = 2**30
 
 
@@ -32,8 +35,8 @@ def keep_freed_memory(enabled: bool) -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl, macOS, Windows: nothing to tune
         return False
-    done = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    done = mallopt(M_MMAP_MAX, 0) == 1
     done = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and done
     if not done:
-        log.debug("mallopt refused the thresholds; glibc's defaults stay")
+        log.debug("mallopt refused the settings; glibc's defaults stay")
     return done
