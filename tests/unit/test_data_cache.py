@@ -13,10 +13,11 @@ from PIL import Image
 
 from finetune.data import Preprocessing, build_loaders, build_splits
 from finetune.data import folders as folders_module
-from finetune.data.cache import cache_mode
+from finetune.data.cache import cache_mode, train_transform_on_views
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PREP = Preprocessing(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
+CPU = torch.device("cpu")
 
 
 def folder_cfg(root: Path, tmp_path: Path, **overrides) -> DictConfig:
@@ -147,3 +148,51 @@ def test_auto_starts_no_loader_worker_for_cached_images_on_the_cpu(
     assert workers("memory", "cpu") == 0 and workers("disk", "cpu") == 0
     assert workers("none", "cpu") == 3
     assert workers("memory", "cuda") == 3  # a loader starts its workers only when iterated
+
+
+def batches(loader: torch.utils.data.DataLoader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(images, labels) for images, labels in loader]
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_decoded_batches_load_in_one_piece_bitwise_as_decoding(
+    tmp_path: Path,
+    monkeypatch,  # noqa: ANN001
+    split: str,
+) -> None:
+    """Once decoded, a batch is one tensor operation (not one transform call per sample), and
+    its tensors are the very ones decoding gives."""
+    root = write_mixed_sizes(tmp_path / "images")
+    decoded_cfg = folder_cfg(root, tmp_path, cache="none", batch_size=3)
+    decoded = batches(build_loaders(decoded_cfg, build_splits(decoded_cfg, 0), PREP, 0, CPU)[split])
+    cfg = folder_cfg(root, tmp_path, cache="memory", batch_size=3)
+    loader = build_loaders(cfg, build_splits(cfg, 0), PREP, 0, CPU)[split]
+    first = batches(loader)  # decodes, sample by sample
+    one_piece = []
+    load_batch = folders_module.ImageFiles.load_batch
+    monkeypatch.setattr(
+        folders_module.ImageFiles,
+        "load_batch",
+        lambda self, indices: one_piece.append(indices) or load_batch(self, indices),
+    )
+    second = batches(loader)
+    assert len(one_piece) == len(second) > 1
+    for plain, *cached in zip(decoded, first, second, strict=True):
+        for images, labels in cached:
+            assert torch.equal(images, plain[0]) and torch.equal(labels, plain[1])
+
+
+def test_augmented_training_loads_sample_by_sample(tmp_path: Path) -> None:
+    """Augmentation draws per sample, so a batch of views under it is not one operation."""
+    from torchvision.transforms import v2
+
+    root = write_mixed_sizes(tmp_path / "images")
+    cfg = folder_cfg(root, tmp_path, cache="memory")
+    splits = build_splits(cfg, 0)
+    build_loaders(cfg, splits, PREP, 0, CPU)
+    everything = list(range(len(splits.train)))
+    for index in everything:
+        splits.train[index]  # decoded and kept
+    assert splits.train.in_one_piece(everything)
+    splits.train.transform = train_transform_on_views(splits.train, v2.RandomCrop(32), True)
+    assert not splits.train.in_one_piece(everything)

@@ -70,6 +70,10 @@ class DecodedImages:
         """The cached view of sample `index`, or None when it was not decoded yet."""
         return self.pixels[index] if self.filled[index] else None
 
+    def has_all(self, indices: list[int]) -> bool:
+        """Whether every one of these samples was decoded already."""
+        return bool(self.filled[indices].all())
+
     def put(self, index: int, image: torch.Tensor) -> torch.Tensor:
         """Keep `image` (3, S, S uint8); the flag goes last, so a half-written view is unread."""
         self.pixels[index] = image
@@ -149,7 +153,7 @@ def attach_caches(cfg: DictConfig, datasets: list[Any], prep: Any) -> Any:
             settings = f"{view!r} background={dataset.background}"  # what a pixel is made of
             key = files_key(dataset.samples, settings)
             dataset.decoded = DecodedImages.on_disk(Path(cfg.cache_dir), key, len(dataset), size)
-        dataset.view = view
+        dataset.view, dataset.views_to_inputs = view, eval_tf
     where = sorted({d.decoded.where for d in datasets})
     log.info("Decoded images cached (data.cache=%s): %s", cfg.cache, ", ".join(where))
     return eval_tf
@@ -185,7 +189,8 @@ def decoded_transforms(timm_eval: Any) -> tuple[Any, Any]:
     """(view, eval): the PIL view to cache, and what turns it into the model's input.
 
     `timm_eval` is timm's eval transform: its resize and crop make the view, its Normalize
-    ends the tensor transform, so the eval input is the one decoding gives.
+    ends the tensor transform, so the eval input is the one decoding gives. Both steps are
+    elementwise, so eval works on a batch of views as well (bitwise as on each view alone).
     """
     from torchvision.transforms import v2
 

@@ -69,11 +69,18 @@ class SeededSamples(Dataset):
             return self.dataset[key.index]
 
     def __getitems__(self, keys: list[SampleKey | int]) -> list[Any]:
-        """A whole batch (DataLoader's batched fetch), seeded once from its first key."""
+        """A whole batch (DataLoader's batched fetch), seeded once from its first key; in one
+        piece where the wrapped data set fetches batches (data/tracking.py)."""
         if not keys or not isinstance(keys[0], SampleKey):
-            return [self.dataset[key] for key in keys]
+            return self.fetch(keys)  # type: ignore[arg-type]
         with seeded(keys[0].seed):
-            return [self.dataset[key.index] for key in keys]
+            return self.fetch([key.index for key in keys])
+
+    def fetch(self, indices: list[int]) -> list[Any]:
+        batched = getattr(type(self.dataset), "__getitems__", None)
+        if batched is None:
+            return [self.dataset[index] for index in indices]
+        return batched(self.dataset, indices)
 
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not found here: the wrapped dataset's (transform, ...).

@@ -39,11 +39,28 @@ class TrackedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> Any:
+    def note(self, index: int) -> Any:
+        """This worker's row, marked as loading sample `index` (None in the main process)."""
         worker = get_worker_info()
         row = None if worker is None else self.table[worker.id].numpy()
         if row is not None:
             row[PID], row[INDEX], row[LOADING] = os.getpid(), index, 1
+        return row
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        """A batch: in one tensor operation where the data set can (cached views), noted by its
+        first sample; else sample by sample, each noted, and a failure names its sample."""
+        in_one_piece = getattr(self.dataset, "in_one_piece", None)
+        if not indices or in_one_piece is None or not in_one_piece(indices):
+            return [self[index] for index in indices]
+        row = self.note(indices[0])
+        items = self.dataset.load_batch(indices)
+        if row is not None:
+            row[LOADING] = 0
+        return items
+
+    def __getitem__(self, index: int) -> Any:
+        row = self.note(index)
         try:
             item = self.dataset[index]
         except FinetuneError:
