@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from finetune.data.loaders import Preprocessing, clamp01, transforms_for
+from finetune.data.loaders import Preprocessing, clamp01, tensor_resize, transforms_for
 from finetune.safety.errors import FinetuneError
 
 RECIPES = ("none", "light", "strong")
@@ -83,15 +83,10 @@ def tensor_transform(augment: DictConfig, prep: Preprocessing) -> Any:
 
     With the `light` knobs this is exactly the transform runs used before the recipes.
     """
-    from torchvision.transforms import InterpolationMode, v2
+    from torchvision.transforms import v2
 
-    mode = (
-        InterpolationMode(prep.interpolation)
-        if prep.interpolation in ("bilinear", "bicubic", "nearest")
-        else InterpolationMode.BILINEAR
-    )
     steps: list[Any] = [
-        v2.Resize((prep.image_size, prep.image_size), interpolation=mode, antialias=True),
+        tensor_resize(prep),  # at size already where the loaders upscaled once: a no-op
         v2.Lambda(clamp01),
         v2.RandomAffine(degrees=augment.degrees, translate=(augment.translate,) * 2),
     ]

@@ -153,7 +153,7 @@ def attach_caches(cfg: DictConfig, datasets: list[Any], prep: Any) -> Any:
             settings = f"{view!r} background={dataset.background}"  # what a pixel is made of
             key = files_key(dataset.samples, settings)
             dataset.decoded = DecodedImages.on_disk(Path(cfg.cache_dir), key, len(dataset), size)
-        dataset.view, dataset.views_to_inputs = view, eval_tf
+        dataset.view, dataset.batch_transform = view, eval_tf
     where = sorted({d.decoded.where for d in datasets})
     log.info("Decoded images cached (data.cache=%s): %s", cfg.cache, ", ".join(where))
     return eval_tf

@@ -59,7 +59,7 @@ class ImageFiles(Dataset):
         # data.cache (data/cache.py): decoded views kept once made, and what makes one.
         self.decoded: Any = None
         self.view: Any = None
-        self.views_to_inputs: Any = None  # the eval transform of views, batch or single
+        self.batch_transform: Any = None  # the views' eval transform: a batch as each sample
 
     def with_samples(self, samples: list[tuple[str, int]]) -> ImageFiles:
         """Another split of the same folder: the same root and settings, other samples."""
@@ -90,7 +90,7 @@ class ImageFiles(Dataset):
         decoded = self.decoded
         return (
             decoded is not None
-            and self.transform is self.views_to_inputs
+            and self.transform is self.batch_transform
             and decoded.has_all(indices)
         )
 

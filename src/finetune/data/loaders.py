@@ -20,6 +20,7 @@ from finetune.data.folders import ImageFiles, collate_readable
 from finetune.data.samplers import SINGLE_PROCESS, Shard, train_sampler
 from finetune.data.seeding import SeededSamples
 from finetune.data.splits import Splits
+from finetune.data.tensors import TensorImages
 from finetune.data.tracking import TrackedDataset
 from finetune.engine.distributed import DistInfo
 
@@ -76,6 +77,19 @@ def transforms_for(kind: str, prep: Preprocessing, augment: bool) -> tuple[Any, 
         }
         eval_tf = create_transform(is_training=False, **common)
         return (create_transform(is_training=True, **common) if augment else eval_tf), eval_tf
+    from torchvision.transforms import v2
+
+    resize = tensor_resize(prep)
+    normalize = v2.Normalize(prep.mean, prep.std)
+    eval_tf = v2.Compose([resize, v2.Lambda(clamp01), normalize])
+    # Small images of symbols: shifts and small rotations, no flips.
+    shift = v2.RandomAffine(degrees=10, translate=(0.1, 0.1))
+    train_tf = v2.Compose([resize, v2.Lambda(clamp01), shift, normalize])
+    return (train_tf if augment else eval_tf), eval_tf
+
+
+def tensor_resize(prep: Preprocessing) -> Any:
+    """Tensor images to the model's side, with its interpolation (bilinear where it has none)."""
     from torchvision.transforms import InterpolationMode, v2
 
     mode = (
@@ -83,13 +97,25 @@ def transforms_for(kind: str, prep: Preprocessing, augment: bool) -> tuple[Any, 
         if prep.interpolation in ("bilinear", "bicubic", "nearest")
         else InterpolationMode.BILINEAR
     )
-    resize = v2.Resize((prep.image_size, prep.image_size), interpolation=mode, antialias=True)
-    normalize = v2.Normalize(prep.mean, prep.std)
-    eval_tf = v2.Compose([resize, v2.Lambda(clamp01), normalize])
-    # Small images of symbols: shifts and small rotations, no flips.
-    shift = v2.RandomAffine(degrees=10, translate=(0.1, 0.1))
-    train_tf = v2.Compose([resize, v2.Lambda(clamp01), shift, normalize])
-    return (train_tf if augment else eval_tf), eval_tf
+    return v2.Resize((prep.image_size, prep.image_size), interpolation=mode, antialias=True)
+
+
+def upscale_once(datasets: list[Any], prep: Preprocessing, budget_mb: float) -> None:
+    """Tensor images resized and clamped to the model's side once, not per sample each epoch.
+
+    Every tensor transform starts with that resize and clamp: it then finds the images at size
+    and hands them back as they are (clamping [0, 1] changes nothing), so each input is bitwise
+    the one resized per sample (a batch resizes as its samples do). The resize was a third of a
+    digits training pass here. Skipped when the resized images would pass `budget_mb`.
+    """
+    held = [d for d in dict.fromkeys(datasets) if isinstance(d, TensorImages)]
+    side = prep.image_size
+    size_mb = sum(len(d.images) * 3 * side * side * 4 for d in held) / 2**20  # float32
+    if size_mb > budget_mb:
+        return
+    resize = tensor_resize(prep)
+    for dataset in held:
+        dataset.images = clamp01(resize(dataset.images))
 
 
 def clamp01(images: torch.Tensor) -> torch.Tensor:
@@ -116,6 +142,11 @@ def build_loaders(
         train_tf = eval_tf = attach_caches(cfg, folders, prep)  # engine/build.py: the recipe
     else:
         train_tf, eval_tf = transforms_for(splits.kind, prep, cfg.augment)
+    if splits.kind == "tensor":
+        upscale_once(folders, prep, cfg.upscale_once_mb)
+        for dataset in folders:
+            if isinstance(dataset, TensorImages):
+                dataset.batch_transform = eval_tf  # elementwise, or a resize: batchable
     splits.train.transform = train_tf
     splits.val.transform = eval_tf
     splits.test.transform = eval_tf

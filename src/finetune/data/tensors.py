@@ -15,13 +15,27 @@ class TensorImages(Dataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.images, self.labels = images, labels
         self.transform: Any = None
+        self.batch_transform: Any = None  # the eval transform: a batch as each sample
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
-        label = self.labels[index]  # a class index, or a 0/1 row of a multi-label set
-        return self.transform(self.images[index]), int(label) if label.ndim == 0 else label
+        return self.transform(self.images[index]), self.label(index)
+
+    def label(self, index: int) -> Any:
+        """A class index (int), or a 0/1 row of a multi-label set."""
+        label = self.labels[index]
+        return int(label) if label.ndim == 0 else label
+
+    def in_one_piece(self, indices: list[int]) -> bool:
+        """Whether these samples load as one tensor operation: under the eval transform."""
+        return self.transform is not None and self.transform is self.batch_transform
+
+    def load_batch(self, indices: list[int]) -> list[tuple[torch.Tensor, Any]]:
+        """Samples that are `in_one_piece`, bitwise as one by one (data/tracking.py)."""
+        inputs = self.transform(self.images[indices])
+        return [(x, self.label(i)) for x, i in zip(inputs.unbind(0), indices, strict=True)]
 
 
 class InMemoryImages(Dataset):

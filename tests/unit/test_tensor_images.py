@@ -1,0 +1,51 @@
+"""Digits held as tensors: upscaled once and loaded a batch at a time, bitwise as per sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from finetune.data import Preprocessing, build_loaders, build_splits
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def loaders(interpolation: str, **overrides: object) -> dict:
+    cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "data" / "digits.yaml"), overrides)
+    prep = Preprocessing(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), interpolation)
+    return build_loaders(cfg, build_splits(cfg, seed=0), prep, 0, torch.device("cpu"))
+
+
+def batches(loader: torch.utils.data.DataLoader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(images, labels) for images, labels in loader]
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("augment", [True, False])
+def test_upscaled_once_and_batched_inputs_are_bitwise_the_per_sample_ones(
+    interpolation: str, augment: bool
+) -> None:
+    per_sample = loaders(interpolation, augment=augment, upscale_once_mb=0)
+    once = loaders(interpolation, augment=augment)
+    assert per_sample["train"].dataset.images.shape[-1] == 8  # resized per sample
+    assert once["train"].dataset.images.shape[-1] == 32
+    for split in ("train", "val"):
+        for (a, labels_a), (b, labels_b) in zip(
+            batches(per_sample[split]), batches(once[split]), strict=True
+        ):
+            assert torch.equal(a, b) and torch.equal(labels_a, labels_b)
+
+
+def test_validation_loads_in_one_piece_and_augmented_training_per_sample() -> None:
+    built = loaders("bicubic", augment=True)
+    everything = list(range(8))
+    assert built["val"].dataset.in_one_piece(everything)  # the eval transform
+    assert not built["train"].dataset.in_one_piece(everything)  # draws per sample
+
+
+def test_a_set_over_the_budget_stays_at_its_own_size() -> None:
+    built = loaders("bicubic", upscale_once_mb=1)  # 1,257 x 3 x 32 x 32 floats: 15 MB
+    assert built["train"].dataset.images.shape[-1] == 8
