@@ -48,6 +48,24 @@ def test_allowed_keys_still_change_and_others_are_refused(tmp_path):
         resume_with(tmp_path, (), "data.batch_size=8")
 
 
+@pytest.mark.parametrize(("saved_data", "filled"), [("digits", True), ("digits_multilabel", False)])
+def test_a_key_its_data_option_gained_since_the_run_was_saved_takes_the_default(
+    tmp_path, saved_data, filled
+):
+    """A run of an earlier version lacks keys its option has today; another option's keys
+    never mix into a run's group."""
+    saved = compose_train(tmp_path, *RUN, f"data={saved_data}")
+    saved_plain = OmegaConf.to_container(saved, resolve=True)
+    del saved_plain["data"]["upscale_once_mb"]
+    saved_plain["data"]["batch_size"] = 8  # a key the run saved keeps its value
+    composed = compose_train(tmp_path, *RUN, "resume=/runs/a")  # data=digits
+    merged = merge_resume_config(composed, saved_plain, ["resume=/runs/a"], [])
+    assert merged.data.name == saved_data and merged.data.batch_size == 8
+    assert ("upscale_once_mb" in merged.data) is filled
+    if filled:
+        assert merged.data.upscale_once_mb == composed.data.upscale_once_mb
+
+
 def test_a_checkpoint_outside_a_run_directory_is_refused(tmp_path):
     stray = tmp_path / "downloads" / "last.pt"
     stray.parent.mkdir()

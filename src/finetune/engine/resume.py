@@ -105,6 +105,7 @@ def merge_resume_config(
     for group in SINGLE_OPTION_GROUPS:
         today = OmegaConf.to_container(composed[group], resolve=True)
         merged[group] = OmegaConf.merge(today, saved.get(group, {}))
+    fill_keys_added_since(merged, composed, saved)
     parsed = OverridesParser.create().parse_overrides(overrides)
     for override in parsed:
         key = override.key_or_group
@@ -120,6 +121,19 @@ def merge_resume_config(
             OmegaConf.update(merged, changed, new, force_add=True)
     merged.resume = composed.resume
     return merged
+
+
+def fill_keys_added_since(merged: DictConfig, composed: DictConfig, saved: dict[str, Any]) -> None:
+    """Keys that an option of a several-option group gained since the run was saved (a run of
+    an earlier version of this project) take today's defaults, where today's option is the one
+    the run used (the same `name`); every key the run saved keeps its value. Without this, a
+    run saved before `data.upscale_once_mb` existed could not resume."""
+    for group, today in composed.items():
+        was = saved.get(group)
+        if group in SINGLE_OPTION_GROUPS or not isinstance(was, dict) or "name" not in was:
+            continue
+        if OmegaConf.is_dict(today) and today.get("name") == was["name"]:
+            merged[group] = OmegaConf.merge(OmegaConf.to_container(today, resolve=True), was)
 
 
 ABSENT = object()
