@@ -100,15 +100,20 @@ def tensor_resize(prep: Preprocessing) -> Any:
     return v2.Resize((prep.image_size, prep.image_size), interpolation=mode, antialias=True)
 
 
-def upscale_once(datasets: list[Any], prep: Preprocessing, budget_mb: float) -> None:
-    """Tensor images resized and clamped to the model's side once, not per sample each epoch.
+def prepare_tensor_images(
+    datasets: list[Any], prep: Preprocessing, eval_tf: Any, budget_mb: float
+) -> None:
+    """Tensor images resized and clamped to the model's side once, not per sample each epoch,
+    and their eval transform (a resize, then elementwise steps) applied a batch at a time.
 
     Every tensor transform starts with that resize and clamp: it then finds the images at size
     and hands them back as they are (clamping [0, 1] changes nothing), so each input is bitwise
     the one resized per sample (a batch resizes as its samples do). The resize was a third of a
-    digits training pass here. Skipped when the resized images would pass `budget_mb`.
+    digits training pass here. Not resized when the result would pass `budget_mb`.
     """
     held = [d for d in dict.fromkeys(datasets) if isinstance(d, TensorImages)]
+    for dataset in held:
+        dataset.batch_transform = eval_tf
     side = prep.image_size
     size_mb = sum(len(d.images) * 3 * side * side * 4 for d in held) / 2**20  # float32
     if size_mb > budget_mb:
@@ -123,16 +128,8 @@ def clamp01(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(0, 1)
 
 
-def build_loaders(
-    cfg: DictConfig,
-    splits: Splits,
-    prep: Preprocessing,
-    seed: int,
-    device: torch.device,
-    rank: DistInfo = SINGLE_PROCESS,
-) -> dict[str, DataLoader]:
-    """Seeded loaders: training order and augmentation depend on (seed, epoch) alone, workers
-    included (data/seeding.py)."""
+def set_transforms(cfg: DictConfig, splits: Splits, prep: Preprocessing) -> None:
+    """Each split's transform, with what it reads prepared: decoded caches, tensor images."""
     folders = [splits.train, splits.val, splits.test]
     for dataset in folders:
         if isinstance(dataset, ImageFiles):
@@ -143,13 +140,23 @@ def build_loaders(
     else:
         train_tf, eval_tf = transforms_for(splits.kind, prep, cfg.augment)
     if splits.kind == "tensor":
-        upscale_once(folders, prep, cfg.upscale_once_mb)
-        for dataset in folders:
-            if isinstance(dataset, TensorImages):
-                dataset.batch_transform = eval_tf  # elementwise, or a resize: batchable
+        prepare_tensor_images(folders, prep, eval_tf, cfg.upscale_once_mb)
     splits.train.transform = train_tf
     splits.val.transform = eval_tf
     splits.test.transform = eval_tf
+
+
+def build_loaders(
+    cfg: DictConfig,
+    splits: Splits,
+    prep: Preprocessing,
+    seed: int,
+    device: torch.device,
+    rank: DistInfo = SINGLE_PROCESS,
+) -> dict[str, DataLoader]:
+    """Seeded loaders: training order and augmentation depend on (seed, epoch) alone, workers
+    included (data/seeding.py)."""
+    set_transforms(cfg, splits, prep)
     kind = "tensor" if decoded_on_cpu(splits.train, device) else splits.kind
     workers = worker_count(cfg.num_workers, kind)
     if workers > 0:
