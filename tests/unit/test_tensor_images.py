@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from finetune.data import Preprocessing, build_loaders, build_splits
+from finetune.data.tensors import TensorImages
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -26,15 +27,20 @@ def batches(loader: torch.utils.data.DataLoader) -> list[tuple[torch.Tensor, tor
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
 @pytest.mark.parametrize("augment", [True, False])
 def test_upscaled_once_and_batched_inputs_are_bitwise_the_per_sample_ones(
-    interpolation: str, augment: bool
+    interpolation: str,
+    augment: bool,
+    monkeypatch,  # noqa: ANN001
 ) -> None:
-    per_sample = loaders(interpolation, augment=augment, upscale_once_mb=0)
     once = loaders(interpolation, augment=augment)
-    assert per_sample["train"].dataset.images.shape[-1] == 8  # resized per sample
     assert once["train"].dataset.images.shape[-1] == 32
+    once_batches = {split: batches(once[split]) for split in ("train", "val")}
+    # As before: resized per sample, every batch loaded sample by sample.
+    monkeypatch.setattr(TensorImages, "in_one_piece", lambda self, indices: False)
+    per_sample = loaders(interpolation, augment=augment, upscale_once_mb=0)
+    assert per_sample["train"].dataset.images.shape[-1] == 8
     for split in ("train", "val"):
         for (a, labels_a), (b, labels_b) in zip(
-            batches(per_sample[split]), batches(once[split]), strict=True
+            batches(per_sample[split]), once_batches[split], strict=True
         ):
             assert torch.equal(a, b) and torch.equal(labels_a, labels_b)
 
