@@ -3,10 +3,16 @@ the backbone at its own learning rate."""
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
+import pytest
 import torch
+from conftest import compose_train
+from omegaconf import OmegaConf
 from torch import nn
 
-from finetune.engine.optim import param_groups
+from finetune.engine.optim import build_optimizer, param_groups
 
 
 def ids(params) -> set[int]:
@@ -51,3 +57,31 @@ def test_groups_feed_an_optimizer_that_skips_frozen() -> None:
     held = [p for group in optimizer.param_groups for p in group["params"]]
     assert len(held) == 1 and held[0] is model.weight
     assert optimizer.param_groups[0]["lr"] == 1e-3  # the group's lr wins over the default
+
+
+@pytest.mark.parametrize("option", ["adamw", "sgd"])
+def test_optimizers_run_fused_and_step_as_the_plain_loop(tmp_path: Path, option: str) -> None:
+    """The YAML's optimizers use torch's fused update (a loop over tensors is torch's CPU
+    default, ~13% of a resnet18 step here), and it moves the weights as that loop does."""
+    cfg = compose_train(tmp_path, f"optimizer={option}")
+    torch.manual_seed(0)
+    fused_model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    plain_model, start = copy.deepcopy(fused_model), copy.deepcopy(fused_model)
+    fused = build_optimizer(
+        cfg.optimizer, param_groups(list(fused_model.parameters()), 0.05, 0.1, set(), 1.0)
+    )
+    plain_cfg = OmegaConf.merge(cfg.optimizer, {"fused": None})
+    plain = build_optimizer(
+        plain_cfg, param_groups(list(plain_model.parameters()), 0.05, 0.1, set(), 1.0)
+    )
+    assert fused.defaults["fused"] is True and not plain.defaults["fused"]
+    inputs, targets = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+        for _ in range(3):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(inputs), targets).backward()
+            optimizer.step()
+    moved = zip(fused_model.parameters(), plain_model.parameters(), start.parameters(), strict=True)
+    for fused_weight, plain_weight, start_weight in moved:
+        assert not torch.equal(fused_weight, start_weight)
+        torch.testing.assert_close(fused_weight, plain_weight, rtol=1e-5, atol=1e-6)

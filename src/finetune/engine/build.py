@@ -21,7 +21,7 @@ from finetune.data.augment import batch_mixer, check_mixing
 from finetune.engine.distributed import DistInfo, wrap_ddp
 from finetune.engine.ema import build_ema, follow_structure
 from finetune.engine.loop import Stepper, steps_in_epoch
-from finetune.engine.optim import add_param_groups, param_groups
+from finetune.engine.optim import add_param_groups, build_optimizer, param_groups
 from finetune.engine.precision import autocast_dtype, grad_scaler, maybe_compile
 from finetune.engine.startup import StartupClock, mark
 from finetune.models.factory import ModelInfo
@@ -111,10 +111,8 @@ def build_parts(
         trained = head
     mark(clock, "data")
     net = wrap(trained, cfg, device)
-    # Parameter groups hold tensors, which Hydra cannot pass through a config: call a partial.
-    optimizer_cfg = {k: v for k, v in cfg.optimizer.items() if k != "backbone_lr_mult"}
-    make_optimizer = instantiate(optimizer_cfg, _partial_=True, _convert_="all")
-    optimizer = make_optimizer(params=trainable_groups(cfg, freezer, list(model.parameters())))
+    groups = trainable_groups(cfg, freezer, list(model.parameters()))
+    optimizer = build_optimizer(cfg.optimizer, groups)
     scheduler = instantiate(cfg.scheduler)(
         optimizer,
         steps_per_epoch=steps_in_epoch(loaders["train"], cfg.trainer),

