@@ -4,6 +4,7 @@
     python scripts/benchmark.py --model test_resnet --steps 60 --repeats 7
     python scripts/benchmark.py --model resnet18 --batch-size 32 optimizer=sgd   # Hydra overrides
     python scripts/benchmark.py --variants project bf16 chlast ema compile accum2 clip frozen cached
+    python scripts/benchmark.py --variants project unfused      # the fused optimizer update's gain
     python scripts/benchmark.py --model vit_tiny_patch16_224 --variants project frozen lora
     python scripts/benchmark.py --folder --model test_resnet --runs 3   # whole runs on PNG files
 
@@ -85,6 +86,8 @@ ALL_VARIANTS = {
         Variant("compile", project_loop, ("trainer.compile=true",)),
         Variant("accum2", project_loop, ("trainer.accumulate_grad_batches=2",)),
         Variant("clip", project_loop, ("trainer.grad_clip=1.0",)),
+        # torch's default update (a loop over the tensors on CPU) instead of the YAML's fused one.
+        Variant("unfused", project_loop, ("optimizer.fused=false",)),
     ]
 }
 VARIANTS = [ALL_VARIANTS["bare"], ALL_VARIANTS["project"]]

@@ -17,8 +17,8 @@ def build_optimizer(
 
     Parameter groups hold tensors, which Hydra cannot pass through a config: a partial is
     instantiated and called. The YAML asks for `fused: true`: on CPU, torch's default update is
-    a Python loop over the tensors, 60 ms of a resnet18 AdamW step on this 2-core machine against
-    9 ms fused (40 against 5 for SGD), which is ~13% of a step at batch 64.
+    a loop over the tensors. In a resnet18 run's own setup here (batch 64, 2 threads), AdamW's
+    update took 43-46 ms of a ~400 ms step, fused 8-10 ms.
     """
     kwargs = {k: v for k, v in optimizer_cfg.items() if k != "backbone_lr_mult"}
     make = instantiate(kwargs, _partial_=True, _convert_="all")
