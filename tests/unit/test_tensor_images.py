@@ -1,7 +1,9 @@
-"""Digits held as tensors: upscaled once and loaded a batch at a time, bitwise as per sample."""
+"""Digits held as tensors: upscaled once and loaded a batch at a time (augmented ones too),
+bitwise as per sample."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,14 +11,18 @@ import torch
 from omegaconf import OmegaConf
 
 from finetune.data import Preprocessing, build_loaders, build_splits
+from finetune.data.augment import train_transform
 from finetune.data.tensors import TensorImages
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
+PREP = Preprocessing(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
+
+
 def loaders(interpolation: str, **overrides: object) -> dict:
     cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "data" / "digits.yaml"), overrides)
-    prep = Preprocessing(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), interpolation)
+    prep = dataclasses.replace(PREP, interpolation=interpolation)
     return build_loaders(cfg, build_splits(cfg, seed=0), prep, 0, torch.device("cpu"))
 
 
@@ -45,11 +51,18 @@ def test_upscaled_once_and_batched_inputs_are_bitwise_the_per_sample_ones(
             assert torch.equal(a, b) and torch.equal(labels_a, labels_b)
 
 
-def test_validation_loads_in_one_piece_and_augmented_training_per_sample() -> None:
+def test_validation_and_shifted_training_load_in_one_piece_and_per_image_recipes_do_not() -> None:
     built = loaders("bicubic", augment=True)
     everything = list(range(8))
     assert built["val"].dataset.in_one_piece(everything)  # the eval transform
-    assert not built["train"].dataset.in_one_piece(everything)  # draws per sample
+    assert built["train"].dataset.in_one_piece(everything)  # shifts and rotations, batched
+    images = TensorImages(torch.rand(8, 3, 32, 32), torch.arange(8))
+    for name, batched in (("light", True), ("strong", False)):  # strong: RandAugment on PIL
+        augment = OmegaConf.load(CONF_DIR / "augment" / f"{name}.yaml")
+        images.transform = train_transform(
+            augment, OmegaConf.create({"augment": True}), "tensor", PREP
+        )
+        assert images.in_one_piece(everything) == batched
 
 
 def test_a_set_over_the_budget_stays_at_its_own_size() -> None:

@@ -85,10 +85,12 @@ def tensor_transform(augment: DictConfig, prep: Preprocessing) -> Any:
     """
     from torchvision.transforms import v2
 
+    from finetune.data.shift_rotate import RandomShiftRotate
+
     steps: list[Any] = [
         tensor_resize(prep),  # at size already where the loaders upscaled once: a no-op
         v2.Lambda(clamp01),
-        v2.RandomAffine(degrees=augment.degrees, translate=(augment.translate,) * 2),
+        RandomShiftRotate(augment.degrees, augment.translate),
     ]
     if augment.auto_augment:
         steps += [v2.ToPILImage(), auto_augment(augment.auto_augment, prep), v2.PILToTensor()]
@@ -102,7 +104,11 @@ def tensor_transform(augment: DictConfig, prep: Preprocessing) -> Any:
                 augment.re_prob, mode=augment.re_mode, max_count=augment.re_count, device="cpu"
             )
         )
-    return v2.Compose(steps)
+    transform = v2.Compose(steps)
+    # Without the PIL and erasing steps (which draw per image, in another order), a batch goes
+    # through in one piece, bitwise as its images one by one (data/shift_rotate.py).
+    transform.batches_as_samples = not augment.auto_augment and augment.re_prob == 0
+    return transform
 
 
 def auto_augment(config: str, prep: Preprocessing) -> Any:

@@ -79,12 +79,14 @@ def transforms_for(kind: str, prep: Preprocessing, augment: bool) -> tuple[Any, 
         return (create_transform(is_training=True, **common) if augment else eval_tf), eval_tf
     from torchvision.transforms import v2
 
+    from finetune.data.shift_rotate import RandomShiftRotate
+
     resize = tensor_resize(prep)
     normalize = v2.Normalize(prep.mean, prep.std)
     eval_tf = v2.Compose([resize, v2.Lambda(clamp01), normalize])
     # Small images of symbols: shifts and small rotations, no flips.
-    shift = v2.RandomAffine(degrees=10, translate=(0.1, 0.1))
-    train_tf = v2.Compose([resize, v2.Lambda(clamp01), shift, normalize])
+    train_tf = v2.Compose([resize, v2.Lambda(clamp01), RandomShiftRotate(10, 0.1), normalize])
+    train_tf.batches_as_samples = True  # every step works on each image alone
     return (train_tf if augment else eval_tf), eval_tf
 
 

@@ -29,8 +29,13 @@ class TensorImages(Dataset):
         return int(label) if label.ndim == 0 else label
 
     def in_one_piece(self, indices: list[int]) -> bool:
-        """Whether these samples load as one tensor operation: under the eval transform."""
-        return self.transform is not None and self.transform is self.batch_transform
+        """Whether these samples load as one tensor operation: under the eval transform, or a
+        training transform whose batches are bitwise its samples (data/shift_rotate.py)."""
+        if self.transform is None:
+            return False
+        return self.transform is self.batch_transform or getattr(
+            self.transform, "batches_as_samples", False
+        )
 
     def load_batch(self, indices: list[int]) -> list[tuple[torch.Tensor, Any]]:
         """Samples that are `in_one_piece`, bitwise as one by one (data/tracking.py)."""
