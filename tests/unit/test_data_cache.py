@@ -14,6 +14,7 @@ from PIL import Image
 from finetune.data import Preprocessing, build_loaders, build_splits
 from finetune.data import folders as folders_module
 from finetune.data.cache import cache_mode, train_transform_on_views
+from finetune.data.view_augment import view_recipe
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PREP = Preprocessing(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
@@ -196,3 +197,35 @@ def test_augmented_training_loads_sample_by_sample(tmp_path: Path) -> None:
     assert splits.train.in_one_piece(everything)
     splits.train.transform = train_transform_on_views(splits.train, v2.RandomCrop(32), True)
     assert not splits.train.in_one_piece(everything)
+
+
+def test_batched_augmentation_of_views_is_bitwise_the_per_sample_one(
+    tmp_path: Path,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    """timm's recipe on a batch of views (data/view_augment.py), the decoding epoch and an
+    unreadable file included, gives the tensors that loading sample by sample gives."""
+    root = write_mixed_sizes(tmp_path / "images")
+    (root / "train" / "a" / "broken.png").write_bytes(b"not an image")
+    light = OmegaConf.load(CONF_DIR / "augment" / "light.yaml")
+
+    def two_epochs(augment: bool) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        cfg = folder_cfg(root, tmp_path, cache="memory", batch_size=3, on_bad_image="skip")
+        splits = build_splits(cfg, 0)
+        loader = build_loaders(cfg, splits, PREP, 0, CPU)["train"]
+        if augment:
+            batched = view_recipe(light, PREP)
+            splits.train.transform = train_transform_on_views(splits.train, None, True, batched)
+        return [batches(loader) for _ in range(2)]  # decoding, then from the cache
+
+    batched = two_epochs(augment=True)
+    unaugmented = two_epochs(augment=False)
+    monkeypatch.setattr(folders_module.ImageFiles, "in_one_piece", lambda self, indices: False)
+    per_sample = two_epochs(augment=True)
+    for epoch_a, epoch_b, plain in zip(batched, per_sample, unaugmented, strict=True):
+        assert sum(len(labels) for _, labels in epoch_a) == 8  # the broken file left out
+        for (images_a, labels_a), (images_b, labels_b), (images_c, _) in zip(
+            epoch_a, epoch_b, plain, strict=True
+        ):
+            assert torch.equal(images_a, images_b) and torch.equal(labels_a, labels_b)
+            assert not torch.equal(images_a, images_c)  # augmented indeed

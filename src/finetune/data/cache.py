@@ -70,10 +70,6 @@ class DecodedImages:
         """The cached view of sample `index`, or None when it was not decoded yet."""
         return self.pixels[index] if self.filled[index] else None
 
-    def has_all(self, indices: list[int]) -> bool:
-        """Whether every one of these samples was decoded already."""
-        return bool(self.filled[indices].all())
-
     def put(self, index: int, image: torch.Tensor) -> torch.Tensor:
         """Keep `image` (3, S, S uint8); the flag goes last, so a half-written view is unread."""
         self.pixels[index] = image
@@ -159,17 +155,22 @@ def attach_caches(cfg: DictConfig, datasets: list[Any], prep: Any) -> Any:
     return eval_tf
 
 
-def train_transform_on_views(dataset: Any, recipe: Any, augmenting: bool) -> Any:
+def train_transform_on_views(
+    dataset: Any, recipe: Any, augmenting: bool, batched: Any = None
+) -> Any:
     """The training transform of `dataset`, which may hand out cached views (uint8 tensors).
 
-    The recipe's transforms are written for PIL images: on a cached view they get a PIL image
-    of it again. Without augmentation the dataset keeps the views' eval transform, so training
-    reads bitwise what decoding would give.
+    The recipe's transforms are written for PIL images. On cached views, `batched` (the same
+    recipe on tensors, a batch at a time: data/view_augment.py) replaces them where the recipe
+    allows; otherwise each view becomes a PIL image again. Without augmentation the dataset
+    keeps the views' eval transform, so training reads bitwise what decoding would give.
     """
     if getattr(dataset, "decoded", None) is None:
         return recipe
     if not augmenting:
         return dataset.transform
+    if batched is not None:
+        return batched
     from torchvision.transforms import v2
 
     return v2.Compose([v2.ToPILImage(), recipe])

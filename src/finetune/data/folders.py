@@ -75,31 +75,43 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         path, label = self.samples[index]
         if self.decoded is not None:
-            pixels = self.decoded.get(index)
-            if pixels is None:
-                image = self.read(index)
-                if image is None:
-                    return None  # collate_readable leaves it out of the batch
-                pixels = self.decoded.put(index, pixels_of(self.view(image)))
-            return self.transform(pixels), label
+            pixels = self.view_of(index)
+            return None if pixels is None else (self.transform(pixels), label)
         image = self.read(index)
         return None if image is None else (self.transform(image), label)
 
+    def view_of(self, index: int) -> torch.Tensor | None:
+        """The cached view of a sample, decoded and kept first if need be (None: unreadable,
+        data.on_bad_image=skip)."""
+        pixels = self.decoded.get(index)
+        if pixels is None:
+            image = self.read(index)
+            if image is None:
+                return None  # collate_readable leaves it out of the batch
+            pixels = self.decoded.put(index, pixels_of(self.view(image)))
+        return pixels
+
     def in_one_piece(self, indices: list[int]) -> bool:
-        """Whether these samples load as one tensor operation: cached views, eval transform."""
-        decoded = self.decoded
-        return (
-            decoded is not None
-            and self.transform is self.batch_transform
-            and decoded.has_all(indices)
+        """Whether these samples load as one tensor operation: cached views, under the eval
+        transform or a training one whose batches are bitwise its samples (view_augment.py)."""
+        if self.decoded is None:
+            return False
+        return self.transform is self.batch_transform or getattr(
+            self.transform, "batches_as_samples", False
         )
 
-    def load_batch(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
-        """Samples that are `in_one_piece`, bitwise as one by one. Per sample, the transform's
-        dispatch cost more than a small model's forward pass (0.1 s an epoch of 1,437 32 px
-        images); validation, test and unaugmented training load this way once decoded."""
-        inputs = self.transform(self.decoded.pixels[indices])
-        return [(x, self.samples[i][1]) for x, i in zip(inputs.unbind(0), indices, strict=True)]
+    def load_batch(self, indices: list[int]) -> list[tuple[torch.Tensor, int] | None]:
+        """Samples that are `in_one_piece`, bitwise as one by one: views not cached yet are
+        decoded first (the first epoch), unreadable ones skipped as one by one skips them
+        (None, drawing nothing). Per sample, the transform's dispatch cost more than a small
+        model's forward pass (0.1 s an epoch of 1,437 32 px images)."""
+        readable = [index for index in indices if self.view_of(index) is not None]
+        loaded = iter(self.transform(self.decoded.pixels[readable]).unbind(0) if readable else [])
+        readable_set = set(readable)
+        return [
+            (next(loaded), self.samples[index][1]) if index in readable_set else None
+            for index in indices
+        ]
 
     def read(self, index: int) -> Image.Image | None:
         """The decoded image, or None when it is unreadable and data.on_bad_image=skip."""

@@ -80,11 +80,13 @@ class Task:
         from finetune.data import build_loaders
         from finetune.data.augment import augmenting, train_transform
         from finetune.data.cache import train_transform_on_views
+        from finetune.data.view_augment import view_recipe
 
         loaders = build_loaders(cfg.data, splits, prep, cfg.seed, device, rank)
         recipe = train_transform(cfg.augment, cfg.data, splits.kind, prep)
+        batched = view_recipe(cfg.augment, prep) if splits.kind == "pil" else None
         splits.train.transform = train_transform_on_views(
-            splits.train, recipe, augmenting(cfg.augment, cfg.data)
+            splits.train, recipe, augmenting(cfg.augment, cfg.data), batched
         )
         return loaders
 
