@@ -6,7 +6,10 @@ erasing); tensor data sets (digits) get small shifts and rotations, plus the sam
 and erasing when the recipe asks. Per batch, timm's `Mixup` mixes images and labels (mixup,
 cutmix, label smoothing) into soft targets.
 
-`light` is what runs computed before these recipes existed, so the default is unchanged.
+`light` is what runs computed before these recipes existed. Where a batch can go through in one
+piece it does, with its own draws from the same ranges: the digits' shifts and rotations
+(data/shift_rotate.py) and crops, flips and colour jitter on cached folder views
+(data/view_augment.py).
 `data.augment=false` or `augment=none` turns everything off. Randomness: the per-image
 transforms draw from the loader's (seeded) streams; the batch mixing draws from a numpy
 generator seeded by (seed, epoch, batch index) alone, so a resumed run mixes the same batches

@@ -8,8 +8,9 @@ views in a few tensor operations:
 
 - random resized crop: timm's crop box (`RandomResizedCropAndInterpolation.get_params`, ten
   tries at an area and an aspect ratio, else the centre), resampled to the output side by one
-  `grid_sample` (the crop's resize, `align_corners=False`, as `F.resized_crop` without
-  antialiasing: a crop of a view is never larger than the output);
+  `grid_sample` with the model's interpolation (bilinearly, exactly `F.resized_crop` without
+  antialiasing, which a view at the output side never needs: its crops are no larger; bicubic
+  taps may read a pixel beyond the crop's edge);
 - horizontal and vertical flips, folded into that resampling;
 - colour jitter: torchvision's `ColorJitter` brightness, contrast and saturation on floats,
   in an order drawn per image, each step clamped to [0, 1] as torchvision does;
