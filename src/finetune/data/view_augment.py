@@ -31,7 +31,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-CROP_TRIES = 10  # timm's
+CROP_TRIES = 10  # timm's, and its default area and aspect ranges
+TIMM_SCALE, TIMM_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 # Uniforms each image draws: (area, aspect, top, left) per crop try, two flips, three jitter
 # factors, three numbers that order the jitter steps.
 DRAWS = 4 * CROP_TRIES + 2 + 3 + 3
@@ -158,16 +159,19 @@ def blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> to
 def view_recipe(augment: Any, prep: Any) -> ViewAugment | None:
     """The batched recipe for cached views, or None where a step draws per image on PIL
     (auto-augment, random erasing): those keep timm's transform, image by image."""
-    if augment.auto_augment or augment.re_prob > 0:
+    from finetune.data.augment import pil_knobs
+
+    knobs = pil_knobs(augment)  # the very knobs timm's create_transform gets
+    if knobs["auto_augment"] or knobs["re_prob"] > 0:
         return None
     return ViewAugment(
-        size=prep.image_size,
-        scale=tuple(augment.scale) if augment.scale is not None else (0.08, 1.0),
-        ratio=tuple(augment.ratio) if augment.ratio is not None else (3 / 4, 4 / 3),
-        hflip=augment.hflip,
-        vflip=augment.vflip,
-        color_jitter=augment.color_jitter,
-        interpolation=prep.interpolation,
-        mean=prep.mean,
-        std=prep.std,
+        prep.image_size,
+        knobs["scale"] or TIMM_SCALE,
+        knobs["ratio"] or TIMM_RATIO,
+        knobs["hflip"],
+        knobs["vflip"],
+        knobs["color_jitter"],
+        prep.interpolation,
+        prep.mean,
+        prep.std,
     )
