@@ -8,6 +8,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,6 +142,36 @@ def test_a_worker_killed_while_handing_over_a_batch_is_named_not_the_reset_conne
         assert explain(lost, CFG) is lost  # no worker died: the error is left as it is
     finally:
         worker.join()
+
+
+# A process with a batch to hand over, and a client that leaves half-way through the handshake
+# (as the main process does when PyTorch's dead-worker error interrupts its fetch).
+DROPPED_HANDOFF = """
+import os, socket, sys, time
+from multiprocessing import resource_sharer
+from finetune.data.loaders import quiet_dead_worker_handoffs
+if sys.argv[1] == "quiet":
+    quiet_dead_worker_handoffs()
+read_end, _ = os.pipe()
+resource_sharer.DupFd(read_end)  # starts the thread that hands the descriptor over
+client = socket.socket(socket.AF_UNIX)
+client.connect(resource_sharer._resource_sharer._address)
+client.close()
+time.sleep(1)
+sys.excepthook(ValueError, ValueError("not a handover"), None)  # other errors still print
+"""
+
+
+@pytest.mark.parametrize("hook", ["quiet", "default"])
+def test_a_handover_left_half_way_prints_no_traceback(hook) -> None:
+    """A dead worker is reported by the loader's one error line (quiet_dead_worker_handoffs);
+    without the hook, the same handshake prints multiprocessing's traceback."""
+    done = subprocess.run(
+        [sys.executable, "-c", DROPPED_HANDOFF, hook], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ValueError: not a handover" in done.stderr
+    assert ("resource_sharer" in done.stderr) == (hook == "default"), done.stderr
 
 
 def test_a_failing_transform_names_the_sample_and_its_file(tmp_path, make_image_tree) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import random
 import signal
-import threading
+import sys
 import traceback
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -235,23 +236,33 @@ def own(seed: int) -> torch.Generator:
 
 
 def quiet_dead_worker_handoffs() -> None:
-    """Silence the traceback a killed worker leaves in multiprocessing's fd-sharing thread.
+    """Silence the traceback of a batch handover that the other side left half-way.
 
-    When a worker dies while handing a batch's shared memory over, Python's resource_sharer
-    thread prints a ConnectionResetError traceback; the loader's own error (which names the
-    worker and its sample) says what happened in one line. Every other thread error still shows.
+    A worker hands a batch's shared memory over through a socket served by a thread of
+    multiprocessing's resource_sharer. When one end dies or is interrupted mid-handshake (a
+    killed worker; the main process raising PyTorch's dead-worker error while it fetches the
+    next batch), that thread prints the ConnectionResetError or EOFError through sys.excepthook,
+    after the loader's own error has named the worker and its sample in one line. Any other
+    error, in that thread or elsewhere, still prints. Installed in the main process and in each
+    worker (seed_worker), where those threads run.
     """
-    default_hook = threading.excepthook
+    if getattr(sys.excepthook, "quiets_handoffs", False):
+        return
+    default_hook = sys.excepthook
 
-    def hook(args: threading.ExceptHookArgs) -> None:
-        frames = traceback.extract_tb(args.exc_traceback)
-        in_sharer = any(frame.filename.endswith("resource_sharer.py") for frame in frames)
-        if in_sharer and issubclass(args.exc_type, (ConnectionError, EOFError)):
+    def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+        if issubclass(kind, (ConnectionError, EOFError)) and in_resource_sharer(trace):
             return
-        default_hook(args)
+        default_hook(kind, error, trace)
 
-    if getattr(threading.excepthook, "__name__", "") != "hook":
-        threading.excepthook = hook
+    hook.quiets_handoffs = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+def in_resource_sharer(trace: TracebackType | None) -> bool:
+    """Whether the traceback passes through multiprocessing's fd-sharing module."""
+    sharer = os.path.join("multiprocessing", "resource_sharer.py")
+    return any(frame.filename.endswith(sharer) for frame in traceback.extract_tb(trace))
 
 
 def seed_worker(worker_id: int) -> None:
@@ -262,6 +273,7 @@ def seed_worker(worker_id: int) -> None:
     """
     del worker_id
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_dead_worker_handoffs()  # a spawned worker does not inherit the main process's hook
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
