@@ -6,7 +6,6 @@ import os
 import random
 import signal
 import sys
-import traceback
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -241,17 +240,17 @@ def quiet_dead_worker_handoffs() -> None:
     A worker hands a batch's shared memory over through a socket served by a thread of
     multiprocessing's resource_sharer. When one end dies or is interrupted mid-handshake (a
     killed worker; the main process raising PyTorch's dead-worker error while it fetches the
-    next batch), that thread prints the ConnectionResetError or EOFError through sys.excepthook,
-    after the loader's own error has named the worker and its sample in one line. Any other
-    error, in that thread or elsewhere, still prints. Installed in the main process and in each
-    worker (seed_worker), where those threads run.
+    next batch), that thread's serving loop prints the ConnectionResetError or EOFError through
+    sys.excepthook, after the loader's own error has named the worker and its sample in one
+    line. Any other error, that thread's or another's, still prints. Installed in the main
+    process and in each worker (seed_worker), where those threads run.
     """
     if getattr(sys.excepthook, "quiets_handoffs", False):
         return
     default_hook = sys.excepthook
 
     def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
-        if issubclass(kind, (ConnectionError, EOFError)) and in_resource_sharer(trace):
+        if issubclass(kind, (ConnectionError, EOFError)) and caught_by_handover_thread(trace):
             return
         default_hook(kind, error, trace)
 
@@ -259,10 +258,15 @@ def quiet_dead_worker_handoffs() -> None:
     sys.excepthook = hook
 
 
-def in_resource_sharer(trace: TracebackType | None) -> bool:
-    """Whether the traceback passes through multiprocessing's fd-sharing module."""
+def caught_by_handover_thread(trace: TracebackType | None) -> bool:
+    """Whether the error was caught by the serving loop of multiprocessing's fd-sharing thread
+    (the traceback starts where it was caught): an uncaught error that merely passed through
+    that module, in the main thread, is not."""
+    if trace is None:
+        return False
+    code = trace.tb_frame.f_code
     sharer = os.path.join("multiprocessing", "resource_sharer.py")
-    return any(frame.filename.endswith(sharer) for frame in traceback.extract_tb(trace))
+    return code.co_name == "_serve" and code.co_filename.endswith(sharer)
 
 
 def seed_worker(worker_id: int) -> None:
