@@ -7,12 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_train
+from omegaconf import OmegaConf
 from torch import nn
 
 from finetune.engine.checkpoint import model_state
 from finetune.engine.checkpointer import Checkpointer
-from finetune.engine.writer import BackgroundCheckpointer
-from finetune.safety.errors import WriteFailed
+from finetune.engine.distributed import DistInfo
+from finetune.engine.rundir import RunPaths
+from finetune.engine.writer import BackgroundCheckpointer, build_checkpointer, writes_in_background
+from finetune.safety.errors import FinetuneError, WriteFailed
 
 
 def state_of(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> dict:
@@ -94,3 +98,23 @@ def test_saves_are_one_at_a_time_and_in_order(tmp_path: Path) -> None:
     assert torch.load(tmp_path / "last.pt", weights_only=True)["global_step"] == 40
     assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
     assert [round(score, 1) for score, _ in writer.top_k.entries] == [0.6, 0.4]
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "threaded"),
+    [("auto", "cpu", False), ("auto", "cuda", True), ("auto", "mps", True), (True, "cpu", True)],
+)
+def test_the_default_writes_from_a_thread_on_an_accelerator_only(
+    tmp_path: Path, setting: bool | str, device: str, threaded: bool
+) -> None:
+    """checkpoint.background=auto (the default): a GPU's epoch leaves the CPU free for the
+    write; on the CPU the thread would take training's cores."""
+    cfg = compose_train(tmp_path, f"checkpoint.background={str(setting).lower()}")
+    assert setting != "auto" or OmegaConf.select(cfg, "checkpoint.background") == "auto"
+    writer = build_checkpointer(cfg, RunPaths(tmp_path / "run"), DistInfo(), torch.device(device))
+    assert (writer.pool is not None) is threaded
+
+
+def test_a_background_setting_that_is_none_of_the_three_is_named() -> None:
+    with pytest.raises(FinetuneError, match=r"checkpoint.background=often must be auto, true or f"):
+        writes_in_background("often", torch.device("cpu"))

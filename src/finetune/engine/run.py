@@ -142,7 +142,7 @@ def setup(
     saved_split = checkpoint_split_manifest(paths, resumed) if resumed is not None else None
     parts = build_parts(cfg, device, rank, clock, saved_split)
     split_sha256 = record_split_manifest(paths, parts.splits, saved_split is None and rank.is_main)
-    checkpointer = build_checkpointer(cfg, paths, rank)
+    checkpointer = build_checkpointer(cfg, paths, rank, device)
     loggers = build_loggers(
         cfg,
         paths.root,

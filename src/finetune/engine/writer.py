@@ -93,9 +93,26 @@ class BackgroundCheckpointer:
         return getattr(self.checkpointer, name)
 
 
-def build_checkpointer(cfg: DictConfig, paths: RunPaths, rank: DistInfo) -> BackgroundCheckpointer:
+def writes_in_background(background: bool | str, device: torch.device) -> bool:
+    """checkpoint.background, with `auto` on for a model on an accelerator.
+
+    There the epoch's save (serialising the state, the fsyncs) is CPU work that the GPU's next
+    epoch does not wait for. On the CPU the thread takes its cores from training: on the 2-core
+    CI machine it raised a resnet18 folder run's whole-epoch rate to 0.92 of its training rate,
+    but the whole process was no shorter (1.02 of the bare loop; README, "Speed").
+    """
+    if background == "auto":
+        return device.type != "cpu"
+    if isinstance(background, bool):
+        return background
+    raise FinetuneError(f"checkpoint.background={background} must be auto, true or false")
+
+
+def build_checkpointer(
+    cfg: DictConfig, paths: RunPaths, rank: DistInfo, device: torch.device
+) -> BackgroundCheckpointer:
     """last/best/top-k files (engine/checkpointer.py), written by a thread while the next epoch
-    trains when checkpoint.background is on (engine/writer.py)."""
+    trains when checkpoint.background says so (`writes_in_background`)."""
     checkpoint = cfg.checkpoint
     checkpointer = Checkpointer(
         paths.checkpoints,
@@ -106,4 +123,4 @@ def build_checkpointer(cfg: DictConfig, paths: RunPaths, rank: DistInfo) -> Back
         checkpoint.on_error,
         is_main=rank.is_main,
     )
-    return BackgroundCheckpointer(checkpointer, checkpoint.background)
+    return BackgroundCheckpointer(checkpointer, writes_in_background(checkpoint.background, device))
