@@ -92,6 +92,29 @@ def test_preempted_run_resumes_to_the_same_end(
     assert metric_rows(run_dir) == metric_rows(straight_run)
 
 
+def test_checkpoints_written_by_the_thread_resume_to_the_same_end(
+    straight_run, start_train_here, run_train, tmp_path
+):
+    """checkpoint.background=true (what `auto` picks on a GPU): a preemption waits for the
+    write in flight, and the files are the ones an in-line save writes."""
+    run_dir = tmp_path / "run"
+    threaded = (*TINY, "trainer.epochs=4", "checkpoint.background=true")
+    process = start_train_here(*threaded, run_dir=run_dir)
+    wait_for(run_dir / "checkpoints/last.pt", process)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, output[-2000:]
+
+    resumed = run_train(f"resume={run_dir}", run_dir=run_dir)
+    assert resumed.returncode == 0, resumed.output[-2000:]
+    assert_same_weights(run_dir / "checkpoints/last.pt", straight_run / "checkpoints/last.pt")
+    assert metric_rows(run_dir) == metric_rows(straight_run)
+    last = load(run_dir / "checkpoints/last.pt")
+    assert load(run_dir / "checkpoints/best.pt")["epoch"] == last["best"]["epoch"]
+    kept = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert kept == {p.name for p in (straight_run / "checkpoints").iterdir()}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("step", [1, 6, 11])  # in epochs 1, 2 and 3
 def test_kill_9_leaves_a_whole_checkpoint_and_resume_completes(
