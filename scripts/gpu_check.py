@@ -3,7 +3,7 @@
     python scripts/gpu_check.py                     # resnet50, bf16, channels_last, batch 128
     python scripts/gpu_check.py --batch-size 256 --steps 40
 
-Four checks, each printed as it finishes, in about 5-7 minutes on an H100 (under 8):
+Four checks, each printed as it finishes, in an estimated 5-7 minutes on an H100 (under 8):
 
 1. ceiling: timm's benchmark.py training method, written out (timm ships benchmark.py in its
    repository, not in the package): resnet50 from timm, synthetic inputs already on the GPU,
