@@ -11,12 +11,14 @@ tensors in memory. So this writes scikit-learn's digits as 32 px PNG class folde
   Normalize; SGD; validation and a `torch.save` checkpoint each epoch), in this file;
 - `project`: `python train.py data=image_folder data.root=DIR ...` with CSV and TensorBoard.
 
-Rows: training images/s (the train pass alone), images/s over whole epochs (train images per
-second between one epoch's line and the next: validation, checkpoints and records included),
-whole-process seconds (wall and CPU: on a machine shared with other jobs the CPU seconds move
-less), the first optimizer step in seconds after the process started, and the process's minor
-page faults (with its data loader workers'). Ratios are of paired runs (project over bare),
-medians over runs.
+Rows: training images/s (the train pass alone); images/s over whole epochs (train images per
+second between one epoch's line and the next: validation, checkpoints and records included);
+the seconds of each epoch beyond its train pass (from those two rates: the work an epoch does
+whatever the speed of training, so a faster loop or processor lowers the whole-epoch share of
+training but not this); whole-process seconds (wall and CPU: on a machine shared with other
+jobs the CPU seconds move less); the first optimizer step in seconds after the process started;
+the process's minor page faults (with its data loader workers'). Ratios are of paired runs
+(project over bare), medians over runs.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+")
-ROWS = ("train_img_s", "epoch_img_s", "process_s", "cpu_s", "first_step_s", "minor_faults_k")
+ROWS = (
+    "train_img_s",
+    "epoch_img_s",
+    "epoch_extra_s",
+    "process_s",
+    "cpu_s",
+    "first_step_s",
+    "minor_faults_k",
+)
 
 
 def write_digits_folder(root: Path, size: int = 32) -> Path:
@@ -158,10 +168,13 @@ def one_run(
         train_rates = [float(line.split(",")[column]) for line in csv[1:]]
     ends = timing["epoch_ends"]
     train_images = sum(1 for _ in (root / "train").rglob("*.png"))
+    # Epoch 1 pays for warm-up (and fills a cache): the later epochs are the steady rate.
+    train_rate = statistics.median(train_rates[1:] or train_rates)
+    epoch_rate = train_images * (len(ends) - 1) / (ends[-1] - ends[0])
     return {
-        # Epoch 1 pays for warm-up (and fills a cache): the later epochs are the steady rate.
-        "train_img_s": statistics.median(train_rates[1:] or train_rates),
-        "epoch_img_s": train_images * (len(ends) - 1) / (ends[-1] - ends[0]),
+        "train_img_s": train_rate,
+        "epoch_img_s": epoch_rate,
+        "epoch_extra_s": train_images / epoch_rate - train_images / train_rate,
         "process_s": timing["process_s"],
         "cpu_s": timing["cpu_s"],
         "first_step_s": timing["first_step_s"],
