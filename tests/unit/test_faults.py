@@ -30,7 +30,7 @@ from finetune.safety.errors import (
     WriteFailed,
     exit_on_user_error,
 )
-from finetune.safety.faults import NonFiniteWatch, explain, status_of
+from finetune.safety.faults import NonFiniteWatch, explain, silence_dead_workers, status_of
 
 CFG = OmegaConf.create({"data": {"batch_size": 48, "image_size": 224, "num_workers": 3}})
 
@@ -182,6 +182,38 @@ def test_a_handover_left_half_way_prints_no_traceback(hook) -> None:
     assert "ValueError: not a handover" in done.stderr
     assert "ConnectionRefusedError" in done.stderr
     assert ("in _serve" in done.stderr) == (hook == "default"), done.stderr
+
+
+def pending_sigchld_at_the_swap(monkeypatch, told: str) -> list:
+    """signal.signal as it behaves when a SIGCHLD is pending: torch's handler runs inside the
+    first call, before the swap, and raises `told`; a later call swaps. Returns the calls."""
+    calls: list = []
+
+    def swap(signum: int, handler: object) -> None:
+        calls.append((signum, handler))
+        if len(calls) == 1:
+            raise RuntimeError(told)
+
+    monkeypatch.setattr(signal, "signal", swap)
+    return calls
+
+
+def test_a_sigchld_pending_when_the_handler_is_swapped_is_not_a_second_failure(
+    monkeypatch,
+) -> None:
+    """CI once saw torch's handler raise inside record_failure's swap: a traceback, exit 1,
+    instead of the dead worker's one line and exit 6."""
+    calls = pending_sigchld_at_the_swap(
+        monkeypatch, "DataLoader worker (pid 17336) is killed by signal: Killed. "
+    )
+    silence_dead_workers()
+    assert calls == [(signal.SIGCHLD, signal.SIG_DFL)] * 2  # the second one swapped
+
+
+def test_another_error_at_the_swap_is_not_swallowed(monkeypatch) -> None:
+    pending_sigchld_at_the_swap(monkeypatch, "something else went wrong")
+    with pytest.raises(RuntimeError, match="something else"):
+        silence_dead_workers()
 
 
 def test_a_failing_transform_names_the_sample_and_its_file(tmp_path, make_image_tree) -> None:

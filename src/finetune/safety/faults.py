@@ -93,9 +93,21 @@ def silence_dead_workers() -> None:
     handler raises at every later SIGCHLD: once, while summary.json was being written, it
     replaced the one-line error with a traceback. A later sweep job's loader still finds a dead
     worker, by its own check of its workers (every 5 s).
+
+    A SIGCHLD still pending runs torch's handler inside the very call that replaces it (Python
+    runs handlers between bytecodes, and `signal.signal` is Python code before it is C), which
+    raises the dead-worker error there, before the swap: that error is the run's own failure
+    told again, so the swap is tried until it is done.
     """
-    if hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
+        return
+    while True:
+        try:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            return
+        except RuntimeError as pending:
+            if not DEAD_WORKER.search(str(pending)):
+                raise
 
 
 def chain(error: BaseException) -> list[BaseException]:
