@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import mmap
 import re
 import signal
 import threading
@@ -35,6 +36,11 @@ OUT_OF_MEMORY = re.compile(
     r"out of memory|DefaultCPUAllocator: (?:not enough memory|can't allocate memory)"
     r"|Cannot allocate memory"
 )
+# oneDNN (the CPU convolutions) when it cannot build a kernel: its own allocation (JIT code,
+# scratchpad) failed, or it does not support the layer; `address_space_left` tells which.
+ONEDNN_CREATE_FAILED = re.compile(r"could not create a primitive")
+# The probe that tells them apart: an allocation a working process always gets.
+PROBE_BYTES = 16 * 2**20
 # How the main process learns of a dead worker (dataloader.py and the C++ SIGCHLD handler).
 DEAD_WORKER = re.compile(
     r"DataLoader worker \(pid\(?s?\)? ?(?P<pids>[\d, ]+)\) "
@@ -125,7 +131,27 @@ def is_out_of_memory(error: BaseException) -> bool:
     oom_type = getattr(torch.cuda, "OutOfMemoryError", ())
     if isinstance(error, oom_type):
         return True
-    return isinstance(error, RuntimeError) and bool(OUT_OF_MEMORY.search(str(error)))
+    if not isinstance(error, RuntimeError):
+        return False
+    if OUT_OF_MEMORY.search(str(error)):
+        return True
+    return bool(ONEDNN_CREATE_FAILED.search(str(error))) and not address_space_left()
+
+
+def address_space_left(size: int = PROBE_BYTES) -> bool:
+    """Whether this process can still map `size` bytes (anonymous, never touched).
+
+    When memory runs out on the CPU, the allocation that fails is whichever comes next: on
+    AVX-512 processors that is often oneDNN's, which says only "could not create a primitive"
+    (seen in CI under a capped address space). The same words come from a layer oneDNN does
+    not support, where memory is plentiful: so the failure counts as out of memory only when a
+    16 MiB mapping fails now too.
+    """
+    try:
+        mmap.mmap(-1, size).close()
+    except OSError:
+        return False
+    return True
 
 
 def out_of_memory_line(text: str, cfg: DictConfig) -> str:
