@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from finetune.engine.checkpoint import atomic_write, model_state, rng_state, set_rng_state
+from finetune.engine.checkpoint import (
+    atomic_write,
+    model_state,
+    rng_state,
+    save_safetensors,
+    set_rng_state,
+)
 from finetune.engine.checkpointer import Checkpointer, TopK, metric_filename
 from finetune.safety.errors import FinetuneError
 
@@ -44,6 +53,57 @@ def test_atomic_write_replaces(tmp_path: Path) -> None:
     atomic_write(path, lambda handle: handle.write(b"one"))
     atomic_write(path, lambda handle: handle.write(b"two"))
     assert path.read_bytes() == b"two"
+
+
+def test_safetensors_are_written_by_name_whole_and_readable_by_colleagues(tmp_path) -> None:
+    path = tmp_path / "model.safetensors"
+    weights = {"w": torch.arange(6.0).view(2, 3), "b": torch.ones(3).half()}
+    save_safetensors(weights, path, {"model": "m"})
+    save_safetensors({k: v * 2 for k, v in weights.items()}, path, {"model": "m2"})
+    with safe_open(str(path), "pt") as handle:
+        assert handle.metadata() == {"model": "m2"}
+        assert torch.equal(handle.get_tensor("w"), weights["w"] * 2)
+        assert handle.get_tensor("b").dtype == torch.float16
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+    assert path.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+SAFETENSORS_ON_A_FULL_DISK = """
+import resource, signal, sys, torch
+from pathlib import Path
+from finetune.engine.checkpoint import save_safetensors
+from finetune.safety.errors import WriteFailed
+path = Path(sys.argv[1])
+save_safetensors({"w": torch.zeros(4)}, path, {})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (2**16, 2**16))  # files stop at 64 KiB: EFBIG
+try:
+    save_safetensors({"w": torch.zeros(2**16)}, path, {})
+except WriteFailed as error:
+    print(error)
+"""
+
+
+def test_a_full_disk_under_safetensors_is_the_one_line_and_the_old_file_stays(tmp_path) -> None:
+    """save_file words a failed write in its own error type; the run must still say which
+    file could not be written, leave the previous weights whole and no temporary behind."""
+    path = tmp_path / "model.safetensors"
+    result = subprocess.run(
+        [sys.executable, "-c", SAFETENSORS_ON_A_FULL_DISK, str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"could not write {path}: File too large"), result.stdout
+    with safe_open(str(path), "pt") as handle:
+        assert handle.get_tensor("w").shape == (4,)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
 
 
 def test_top_k_keeps_the_best_and_evicts_the_rest() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from finetune.models.weights import strip_wrapper_prefixes
-from finetune.safety.atomic import atomic_write
+from finetune.safety.atomic import atomic_write, atomic_write_named
 from finetune.safety.errors import FinetuneError
 
 log = logging.getLogger(__name__)
@@ -143,10 +144,24 @@ def save_safetensors(
     weights: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
 ) -> None:
     """The weights alone, for sharing; metadata says which model and classes."""
-    from safetensors.torch import save
-
     state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-    atomic_write(path, lambda handle: handle.write(save(state, metadata=metadata)))
+    atomic_write_named(path, lambda tmp: write_safetensors(state, tmp, metadata))
+
+
+def write_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' save_file, a failed write raised as the OSError it was (safetensors words
+    it in its own error, "... (os error 28)"), so that a full disk is the run's one line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(state, str(path), metadata=metadata)
+    except SafetensorError as error:
+        code = re.search(r"os error (\d+)", str(error))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(path)) from error
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:

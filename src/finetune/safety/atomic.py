@@ -20,19 +20,46 @@ from finetune.safety.errors import WriteFailed
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Call `write(file_object)` on a temporary file, fsync it, then rename it to `path`."""
+
+    def fill(fd: int, tmp: Path) -> None:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    replace_atomically(path, fill)
+
+
+def atomic_write_named(path: Path, write: Callable[[Path], object]) -> None:
+    """`atomic_write` for a writer that opens the file by its name, `write(temporary_path)`.
+
+    safetensors' save_file streams the tensors into the file; its `save` (for a file object)
+    first builds the whole file in memory: a second copy of the weights, and twice the time
+    (resnet18's 45 MB: 0.035-0.05 s against 0.09-0.11 s here, fsync included).
+    """
+
+    def fill(fd: int, tmp: Path) -> None:
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, usual_mode())  # save_file makes the file anew, 0600
+        fsync_file(tmp)
+
+    replace_atomically(path, fill)
+
+
+def replace_atomically(path: Path, fill: Callable[[int, Path], None]) -> None:
+    """A temporary file beside `path` (open as `fd`), filled and fsynced by `fill`, renamed over
+    `path`; the directory fsynced. A failed write leaves `path` as it was, and no temporary."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         # mkstemp makes 0600 files; records and checkpoints get the usual mode (0666 - umask),
         # so colleagues on a shared cluster can read them.
-        os.fchmod(fd, 0o666 & ~current_umask())
+        os.fchmod(fd, usual_mode())
     except OSError as error:
         raise write_failed(path, error) from None
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        fill(fd, Path(tmp_name))
         os.replace(tmp_name, path)
     except BaseException as error:
         with contextlib.suppress(OSError):
@@ -91,11 +118,25 @@ def write_failed(path: Path, error: OSError) -> WriteFailed:
     )
 
 
+def usual_mode() -> int:
+    """The mode a plain `open` gives a new file: 0666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
 def current_umask() -> int:
     """The process's umask (reading it means setting it; it is set straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def fsync_file(path: Path) -> None:
+    """Make a file's bytes durable that another library wrote and closed."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_directory(directory: Path) -> None:
