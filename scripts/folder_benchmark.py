@@ -13,11 +13,12 @@ tensors in memory. So this writes scikit-learn's digits as 32 px PNG class folde
 
 Rows: training images/s (the train pass alone); images/s over whole epochs (train images per
 second between one epoch's line and the next: validation, checkpoints and records included);
-the seconds of each epoch beyond its train pass (from those two rates: the work an epoch does
-whatever the speed of training, so a faster loop or processor lowers the whole-epoch share of
-training but not this); whole-process seconds (wall and CPU: on a machine shared with other
-jobs the CPU seconds move less); the first optimizer step in seconds after the process started;
-the process's minor page faults (with its data loader workers'). Ratios are of paired runs
+that rate as a share of the same process's training rate (the aim is 0.92); the seconds of
+each epoch beyond its train pass (from those two rates: the work an epoch does whatever the
+speed of training, so a faster loop or processor lowers the whole-epoch share of training but
+not this); whole-process seconds (wall and CPU: on a machine shared with other jobs the CPU
+seconds move less); the first optimizer step in seconds after the process started; the
+process's minor page faults (with its data loader workers'). Ratios are of paired runs
 (project over bare), medians over runs.
 """
 
@@ -40,6 +41,7 @@ EPOCH_LINE = re.compile(r"epoch (\d+)/\d+")
 ROWS = (
     "train_img_s",
     "epoch_img_s",
+    "epoch_share",
     "epoch_extra_s",
     "process_s",
     "cpu_s",
@@ -174,6 +176,7 @@ def one_run(
     return {
         "train_img_s": train_rate,
         "epoch_img_s": epoch_rate,
+        "epoch_share": epoch_rate / train_rate,
         "epoch_extra_s": train_images / epoch_rate - train_images / train_rate,
         "process_s": timing["process_s"],
         "cpu_s": timing["cpu_s"],
