@@ -106,9 +106,16 @@ def test_gradient_accumulation_matches_the_larger_batch(run_train, tmp_path):
     assert_close_weights(tmp_path / "acc", tmp_path / "large")
 
 
+# 32 px, not TINY's 16: there the last stage's stride-2 conv sees 1x1 inputs, and under bf16
+# autocast on AVX-512 BF16 processors (torch 2.14.1) its weight gradient is sometimes NaN, a
+# different draw in each process (a lone Conv2d(64, 96, 3, stride=2, padding=1) on 1x1 inputs:
+# up to 20 of 50 backward passes; on 2x2 inputs none of 300). CI's processor is such a one.
+BF16_SAFE = (*TINY, "data.image_size=32")
+
+
 def test_bf16_autocast_and_fp16_fallback_run_on_cpu(run_train, tmp_path):
     bf16 = run_train(
-        *TINY,
+        *BF16_SAFE,
         "trainer.epochs=1",
         "trainer.precision=bf16",
         "trainer.ema_decay=0.9",
@@ -120,7 +127,9 @@ def test_bf16_autocast_and_fp16_fallback_run_on_cpu(run_train, tmp_path):
     assert "val_ema/acc" in (tmp_path / "bf16/metrics.csv").read_text()
     state = torch.load(tmp_path / "bf16/checkpoints/last.pt", weights_only=True)
     assert state["ema_state_dict"] is not None
-    fp16 = run_train(*TINY, "trainer.epochs=1", "trainer.precision=16", run_dir=tmp_path / "f16")
+    fp16 = run_train(
+        *BF16_SAFE, "trainer.epochs=1", "trainer.precision=16", run_dir=tmp_path / "f16"
+    )
     assert fp16.returncode == 0, fp16.output[-2000:]
     assert fp16.output.count("falls back") + fp16.output.count("using bf16") == 1
 
