@@ -133,9 +133,10 @@ def is_out_of_memory(error: BaseException) -> bool:
         return True
     if not isinstance(error, RuntimeError):
         return False
-    if OUT_OF_MEMORY.search(str(error)):
+    text = str(error)
+    if OUT_OF_MEMORY.search(text):
         return True
-    return bool(ONEDNN_CREATE_FAILED.search(str(error))) and not address_space_left()
+    return bool(ONEDNN_CREATE_FAILED.search(text)) and not address_space_left()
 
 
 def address_space_left(size: int = PROBE_BYTES) -> bool:
