@@ -155,3 +155,44 @@ def test_exports_compute_the_hand_built_model(finished_run, reference, tmp_path)
             got = exported(inputs)  # the whole test split in one batch
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4, msg=name)
             assert torch.equal(got.argmax(1), expected.argmax(1)), name
+
+
+@pytest.fixture(scope="module")
+def ema_judged_run(tmp_path_factory, train_in):
+    """A run whose best checkpoint is picked by its EMA's score (monitor=val_ema/acc)."""
+    base = tmp_path_factory.mktemp("ema")
+    result = train_in(base, *TINY, "trainer.ema_decay=0.5", "monitor=val_ema/acc")
+    assert result.returncode == 0, result.output[-2000:]
+    return result.run_dir
+
+
+def test_a_run_judged_by_its_ema_is_tested_and_exported_with_the_ema_weights(ema_judged_run):
+    """The recorded test loss is the hand-built EMA model's, and model.safetensors holds the EMA
+    weights: the checkpoint was best by them, so they are the run's result."""
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    run_dir = ema_judged_run
+    best = torch.load(run_dir / "checkpoints/best.pt", map_location="cpu", weights_only=True)
+    trained, averaged = best["model_state_dict"], best["ema_state_dict"]
+    assert any(not torch.equal(trained[k], averaged[k]) for k in trained)  # told apart
+    exported = load_file(run_dir / "checkpoints/model.safetensors")
+    assert exported.keys() == averaged.keys()
+    assert all(torch.equal(exported[k], averaged[k]) for k in averaged)
+
+    inputs, labels = split_inputs(run_dir)
+    model = independent_model(run_dir)
+    model.load_state_dict(averaged)
+    with torch.no_grad():
+        loss = F.cross_entropy(model(inputs), labels).item()
+    recorded = json.loads((run_dir / "summary.json").read_text())["test"]
+    assert loss == pytest.approx(recorded["test/loss"], abs=1e-5)
+
+
+def test_eval_of_a_run_judged_by_its_ema_reproduces_its_test_metrics(ema_judged_run, tmp_path):
+    result = run_script("eval.py", f"ckpt={ema_judged_run}", base=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = json.loads((ema_judged_run / "checkpoints/best.eval-test.json").read_text())
+    trained = json.loads((ema_judged_run / "summary.json").read_text())["test"]
+    assert written["metrics"] == pytest.approx(trained, abs=1e-6)

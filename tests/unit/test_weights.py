@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from finetune.models.weights import load_into, load_state_dict_file
+from finetune.models.weights import load_into, load_state_dict_file, monitored_weights
 from finetune.safety.errors import FinetuneError
 
 
@@ -75,3 +75,31 @@ def test_weights_of_a_frozen_batchnorm_run_load() -> None:
     target = tiny(10)
     assert load_into(target, state, source="probe", head=["fc"]) == []
     assert torch.equal(target.conv1[0].weight, frozen.conv1[0].weight)
+
+
+def test_a_run_judged_by_its_ema_gives_the_ema_weights_to_later_runs(tmp_path: Path) -> None:
+    """monitor=val_ema/...: best.pt is best by the EMA's score, so model.pretrained=RUN loads the
+    EMA's weights; judged by val/*, the trained ones."""
+    trained, averaged = {"fc.weight": torch.ones(2, 2)}, {"fc.weight": torch.zeros(2, 2)}
+    for monitor, expected in (("val_ema/acc", averaged), ("val/acc", trained)):
+        checkpoint = {
+            "model_state_dict": trained,
+            "ema_state_dict": averaged,
+            "config": {"monitor": monitor},
+        }
+        assert monitored_weights(checkpoint) is expected
+        torch.save(checkpoint, tmp_path / "best.pt")
+        assert torch.equal(
+            load_state_dict_file(tmp_path / "best.pt")["fc.weight"], expected["fc.weight"]
+        )
+    # A run without an EMA has only the trained weights, whatever its monitor says.
+    assert (
+        monitored_weights(
+            {
+                "model_state_dict": trained,
+                "ema_state_dict": None,
+                "config": {"monitor": "val_ema/acc"},
+            }
+        )
+        is trained
+    )

@@ -28,6 +28,7 @@ from finetune.engine.checkpoint import (
     save_torch,
     saved_epoch,
 )
+from finetune.models.weights import monitored_weights
 from finetune.safety.atomic import link_atomic
 from finetune.safety.errors import FinetuneError, WriteFailed
 
@@ -132,7 +133,7 @@ class Checkpointer:
             raise FinetuneError(
                 f"monitor={self.monitor} is not a logged metric; use one of {sorted(metrics)}"
             )
-        del model  # the weights are the state's own (model_state_dict), as in best.pt
+        del model  # the weights are the state's own (monitored_weights), as in best.pt
         self.metadata = metadata
         if not self.finish_unfinished(f"epoch {state['epoch']}"):
             return False
@@ -167,7 +168,7 @@ class Checkpointer:
         if self.best["epoch"] == epoch:
             # best.pt goes last of the two: a resume checks it, and rewrites both when stale.
             if self.write_safetensors:
-                weights = state["model_state_dict"]
+                weights = monitored_weights(state)
                 save_safetensors(weights, self.directory / SAFETENSORS, self.metadata)
             kill_point("after_safetensors", epoch)
             link_atomic(last, self.directory / BEST)
@@ -268,7 +269,7 @@ class Checkpointer:
         if bool(state.get("epoch_end")) and self.best["epoch"] == state["epoch"]:
             save_torch(state, best)
             if self.write_safetensors:
-                weights = state["model_state_dict"]
+                weights = monitored_weights(state)
                 save_safetensors(weights, self.directory / SAFETENSORS, self.metadata)
             return
         source = next(

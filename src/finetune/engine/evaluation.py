@@ -18,7 +18,7 @@ from torch import nn
 from finetune.data import Preprocessing, Splits, build_splits
 from finetune.data.samplers import SINGLE_PROCESS
 from finetune.engine.setup import pick_device
-from finetune.models.weights import run_or_file, safe_torch_load
+from finetune.models.weights import monitored_weights, run_or_file, safe_torch_load
 from finetune.safety.errors import FinetuneError, one_line
 from finetune.safety.trust import trusted_config
 
@@ -59,7 +59,7 @@ def model_from_checkpoint(
     if cfg.freeze.policy == "lora":
         add_lora(model, cfg.freeze, info)
     try:
-        model.load_state_dict(state["model_state_dict"])
+        model.load_state_dict(monitored_weights(state))
     except RuntimeError as error:
         raise FinetuneError(
             f"the checkpoint does not fit {cfg.model.name} with {classes} "

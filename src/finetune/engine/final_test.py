@@ -17,7 +17,7 @@ from finetune.engine.loop import evaluate
 from finetune.engine.records import checkpoint_metadata, faults_so_far
 from finetune.engine.report import report_at_end_of_run
 from finetune.models.native import save_native
-from finetune.models.weights import load_exact, safe_torch_load
+from finetune.models.weights import EMA_PREFIX, load_exact, monitored_weights, safe_torch_load
 from finetune.records.loggers import flat_hparams
 from finetune.safety.errors import WriteFailed
 
@@ -36,7 +36,7 @@ def test(run: Run) -> float:
     if best_path is None:  # every save failed, under checkpoint.on_error=warn
         raise WriteFailed("no checkpoint could be saved in this run; free disk space, run again")
     tested = safe_torch_load(Path(best_path))
-    load_exact(parts.model, tested["model_state_dict"], best_path)
+    load_exact(parts.model, monitored_weights(tested), best_path)
     if run.rank.is_main:  # timm's config.json, transformers' hf/: the best weights, natively
         save_native(parts.model, parts.model_info, cfg, run.paths.root, parts.task.class_names)
     test_metrics = saved_val_as_test(run, tested.get("metrics") or {})
@@ -81,13 +81,15 @@ def saved_val_as_test(run: Run, saved: dict[str, float]) -> dict[str, float] | N
     same samples. None when a pass is needed: a real test split, val limited to some batches, or
     a checkpoint saved mid-epoch (no figures)."""
     limited = run.cfg.trainer.limit_val_batches is not None
-    if not run.parts.splits.test_is_val or limited or "val/loss" not in saved:
+    prefix = EMA_PREFIX if run.cfg.monitor.startswith(EMA_PREFIX) else "val/"  # the tested weights'
+    if not run.parts.splits.test_is_val or limited or f"{prefix}loss" not in saved:
         return None
     log.info(
-        "The test split is the val samples (%s): test/* are the tested epoch's val/* figures",
+        "The test split is the val samples (%s): test/* are the tested epoch's %s* figures",
         run.parts.splits.test_source,
+        prefix,
     )
-    return {f"test/{k[4:]}": v for k, v in saved.items() if k.startswith("val/")}
+    return {f"test/{k[len(prefix) :]}": v for k, v in saved.items() if k.startswith(prefix)}
 
 
 def tested_checkpoint(checkpointer: Checkpointer, monitor: str) -> str | None:

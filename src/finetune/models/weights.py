@@ -40,6 +40,26 @@ def run_or_file(target: str, key: str, fix: str) -> Path:
     return path
 
 
+# The prefix of the EMA weights' validation metrics (engine/run.py: validate).
+EMA_PREFIX = "val_ema/"
+
+
+def monitored_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint of this project was judged by: its EMA's when the run picked
+    its best by them (`monitor=val_ema/...`), else the trained weights.
+
+    best.pt is best by the monitor's score, so the test, model.safetensors, eval.py, predict.py
+    and a later run's model.pretrained must use the weights that earned it; a resume loads both
+    sets as they were (engine/state.py). The config is read as data, a string compared.
+    """
+    config = checkpoint.get("config")
+    monitor = config.get("monitor") if isinstance(config, dict) else None
+    ema = checkpoint.get("ema_state_dict")
+    if isinstance(monitor, str) and monitor.startswith(EMA_PREFIX) and isinstance(ema, dict):
+        return ema
+    return checkpoint["model_state_dict"]
+
+
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A model state dict from .safetensors, or from a .pt/.pth/.bin (plain or a checkpoint)."""
     if path.suffix == ".safetensors":
@@ -49,8 +69,10 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             raise FinetuneError(f"{path} is not a readable safetensors file: {error}") from None
     obj = safe_torch_load(path)
     scaling = lora_scaling(obj)
-    if isinstance(obj, dict):
-        for key in ("model_state_dict", "state_dict", "model"):
+    if isinstance(obj, dict) and isinstance(obj.get("model_state_dict"), dict):
+        obj = monitored_weights(obj)  # the classic recipe's key (this project's checkpoints)
+    elif isinstance(obj, dict):
+        for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
