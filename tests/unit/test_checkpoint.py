@@ -254,3 +254,28 @@ def test_a_run_whose_monitor_was_always_nan_tests_last_pt(tmp_path: Path) -> Non
         checkpointer.save(fake_epoch(model, epoch), model, {"val/loss": float("nan")}, {})
     assert checkpointer.best["path"] is None  # not "no checkpoint could be saved"
     assert tested_checkpoint(checkpointer, "val/loss") == str(tmp_path / "last.pt")
+
+
+def test_an_equal_score_with_a_lower_loss_is_the_better_epoch(tmp_path: Path) -> None:
+    """Accuracy on a small validation split ties often: the tie goes to the lower loss (of the
+    same weights: val_ema/loss for val_ema/acc), and the best's loss travels in last.pt."""
+    model = torch.nn.Linear(3, 2)
+    checkpointer = Checkpointer(
+        tmp_path, "val_ema/acc", "max", save_top_k=0, save_safetensors=False
+    )
+    epochs = [
+        {"val_ema/acc": 0.9, "val_ema/loss": 0.30, "val/loss": 0.1},
+        {"val_ema/acc": 0.9, "val_ema/loss": 0.20, "val/loss": 0.9},  # a tie, a lower loss
+        {"val_ema/acc": 0.9, "val_ema/loss": 0.25, "val/loss": 0.0},  # a tie, a higher loss
+        {"val_ema/acc": 0.8, "val_ema/loss": 0.01, "val/loss": 0.0},  # a lower score
+    ]
+    chosen = [
+        checkpointer.save(fake_epoch(model, n), model, m, {}) for n, m in enumerate(epochs, 1)
+    ]
+    assert chosen == [True, True, False, False]
+    assert checkpointer.best == {"score": 0.9, "epoch": 2, "path": "best.pt", "loss": 0.20}
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["best"]["loss"] == 0.20
+    # A best recorded before ties were broken (no loss) stays best on a tie.
+    checkpointer.best = {"score": 0.9, "epoch": 2, "path": "best.pt"}
+    assert not checkpointer.improved({"val_ema/acc": 0.9, "val_ema/loss": 0.0})

@@ -85,5 +85,5 @@ def test_a_save_killed_at_any_point_resumes_consistent(tmp_path: Path, point: st
 def test_the_hook_kills_nothing_when_unset(tmp_path: Path) -> None:
     assert save_and_kill(tmp_path / "checkpoints", None) == 0
     last = load(tmp_path / "checkpoints/last.pt")
-    assert last["best"] == {"score": 0.8, "epoch": 2, "path": "best.pt"}
+    assert last["best"] == {"score": 0.8, "epoch": 2, "path": "best.pt", "loss": None}
     assert [name for _, name in last["top_k"]] == ["epoch=002-val_acc=0.8000.pt"]

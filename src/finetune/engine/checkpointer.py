@@ -66,6 +66,12 @@ class TopK:
         return evicted
 
 
+def tie_breaker(monitor: str) -> str:
+    """The loss of the weights `monitor` scores (val/loss for val/acc, val_ema/loss for
+    val_ema/acc): it decides between epochs of an equal score. For a loss it is itself."""
+    return f"{monitor.split('/', 1)[0]}/loss"
+
+
 def metric_filename(epoch: int, metrics: dict[str, float], monitor: str) -> str:
     """`epoch=007-val_loss=0.1234-val_acc=0.9876.pt`: what a run's files say at a glance."""
     parts = [f"{TOP_K_PREFIX}{epoch:03d}"]
@@ -101,7 +107,7 @@ class Checkpointer:
         self.directory = directory
         self.monitor = monitor
         self.top_k = TopK(save_top_k, mode)
-        self.best: dict[str, Any] = {"score": None, "epoch": None, "path": None}
+        self.best: dict[str, Any] = {"score": None, "epoch": None, "path": None, "loss": None}
         self.write_safetensors = save_safetensors
         self.metadata = metadata or {}  # model.safetensors' metadata (model and class names)
         self.on_error = on_error
@@ -109,13 +115,22 @@ class Checkpointer:
         self.failed_saves = 0  # saves skipped under on_error=warn, for summary.json
         self.unfinished: dict[str, Any] | None = None  # a committed save whose links failed
 
-    def improved(self, score: float) -> bool:
-        """A NaN is never best, and never blocks a later number (every comparison with NaN is
-        False, so a NaN best, as older checkpoints may hold, would stay best for ever)."""
+    def improved(self, metrics: dict[str, float]) -> bool:
+        """Whether an epoch with these metrics is the best so far.
+
+        A NaN is never best, and never blocks a later number (every comparison with NaN is
+        False, so a NaN best, as older checkpoints may hold, would stay best for ever). An equal
+        score is best when its loss is lower (`tie_breaker`): accuracy over a few hundred
+        images ties often, and the epoch that fits them better is the better model.
+        """
+        score = float(metrics[self.monitor])
         if math.isnan(score):
             return False
         best = self.best["score"]
-        return best is None or math.isnan(best) or self.top_k.better(score, best)
+        if best is None or math.isnan(best) or self.top_k.better(score, best):
+            return True
+        loss, best_loss = metrics.get(tie_breaker(self.monitor)), self.best.get("loss")
+        return score == best and loss is not None and best_loss is not None and loss < best_loss
 
     def best_file(self) -> Path | None:
         """Where the best checkpoint is, in this run's folder (None before any save)."""
@@ -138,10 +153,11 @@ class Checkpointer:
         if not self.finish_unfinished(f"epoch {state['epoch']}"):
             return False
         score = float(metrics[self.monitor])
-        is_best = self.improved(score)
+        is_best = self.improved(metrics)
         best = dict(self.best)
         if is_best:
-            best = {"score": score, "epoch": state["epoch"], "path": BEST}
+            loss = metrics.get(tie_breaker(self.monitor))
+            best = {"score": score, "epoch": state["epoch"], "path": BEST, "loss": loss}
         top_name = metric_filename(state["epoch"], metrics, self.monitor)
         top_k = TopK(self.top_k.k, self.top_k.mode, list(self.top_k.entries))
         evicted = top_k.add(score, top_name) if top_k.admits(score) else []

@@ -70,7 +70,7 @@ class BackgroundCheckpointer:
             raise FinetuneError(
                 f"monitor={monitor} is not a logged metric; use one of {sorted(metrics)}"
             )
-        is_best = self.checkpointer.improved(float(metrics[monitor]))
+        is_best = self.checkpointer.improved(metrics)
         copy = cpu_copy(state)
         self.pending = self.pool.submit(self.checkpointer.save, copy, model, metrics, metadata)
         return is_best
