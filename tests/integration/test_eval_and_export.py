@@ -28,11 +28,13 @@ def finished_run(tmp_path_factory, train_in):
     return result.run_dir
 
 
-def test_eval_reproduces_the_test_metrics(finished_run, tmp_path):
-    result = run_script("eval.py", f"ckpt={finished_run}", base=tmp_path)
+@pytest.mark.parametrize("run", ["finished_run", "ema_judged_run"])
+def test_eval_reproduces_the_test_metrics(run, request, tmp_path):
+    run_dir = request.getfixturevalue(run)  # ema_judged_run: the EMA's weights, both times
+    result = run_script("eval.py", f"ckpt={run_dir}", base=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    written = json.loads((finished_run / "checkpoints/best.eval-test.json").read_text())
-    trained = json.loads((finished_run / "summary.json").read_text())["test"]
+    written = json.loads((run_dir / "checkpoints/best.eval-test.json").read_text())
+    trained = json.loads((run_dir / "summary.json").read_text())["test"]
     assert written["metrics"] == pytest.approx(trained, abs=1e-6)
     assert "test/acc:" in result.stdout
 
@@ -188,11 +190,3 @@ def test_a_run_judged_by_its_ema_is_tested_and_exported_with_the_ema_weights(ema
         loss = F.cross_entropy(model(inputs), labels).item()
     recorded = json.loads((run_dir / "summary.json").read_text())["test"]
     assert loss == pytest.approx(recorded["test/loss"], abs=1e-5)
-
-
-def test_eval_of_a_run_judged_by_its_ema_reproduces_its_test_metrics(ema_judged_run, tmp_path):
-    result = run_script("eval.py", f"ckpt={ema_judged_run}", base=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    written = json.loads((ema_judged_run / "checkpoints/best.eval-test.json").read_text())
-    trained = json.loads((ema_judged_run / "summary.json").read_text())["test"]
-    assert written["metrics"] == pytest.approx(trained, abs=1e-6)
