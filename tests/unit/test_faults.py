@@ -244,7 +244,7 @@ def test_a_failed_save_stops_or_warns_and_best_stays_a_file_that_exists(
     assert not save_epoch(lenient, 2, 0.9)  # better, but not saved: not best
     assert lenient.failed_saves == 1
     assert "checkpoint of epoch 2 not saved" in caplog.text
-    assert lenient.best == {"score": 0.5, "epoch": 1, "path": "best.pt"}
+    assert lenient.best == {"score": 0.5, "epoch": 1, "path": "best.pt", "loss": None}
     assert [name for _, name in lenient.top_k.entries] == ["epoch=001-val_acc=0.5000.pt"]
     assert torch.load(good / "best.pt", weights_only=True)["epoch"] == 1
 
