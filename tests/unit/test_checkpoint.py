@@ -18,7 +18,8 @@ from finetune.engine.checkpoint import (
     save_safetensors,
     set_rng_state,
 )
-from finetune.engine.checkpointer import Checkpointer, TopK, metric_filename
+from finetune.engine.checkpointer import Checkpointer
+from finetune.engine.ranking import TopK, metric_filename
 from finetune.safety.errors import FinetuneError
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from finetune.engine.checkpoint import (
     save_torch,
     saved_epoch,
 )
+from finetune.engine.ranking import TopK, improves_on, metric_filename, tie_breaker
 from finetune.models.weights import monitored_weights
 from finetune.safety.atomic import link_atomic
 from finetune.safety.errors import FinetuneError, WriteFailed
@@ -37,48 +36,6 @@ log = logging.getLogger(__name__)
 BEST = "best.pt"
 LAST = "last.pt"
 SAFETENSORS = "model.safetensors"
-
-
-@dataclass
-class TopK:
-    """The best `k` checkpoints as (score, file name), best first; survives a resume."""
-
-    k: int
-    mode: str
-    entries: list[tuple[float, str]] = field(default_factory=list)
-
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.mode == "max" else a < b
-
-    def admits(self, score: float) -> bool:
-        if math.isnan(score):  # no rank among numbers: never kept
-            return False
-        return self.k > 0 and (
-            len(self.entries) < self.k or self.better(score, self.entries[-1][0])
-        )
-
-    def add(self, score: float, name: str) -> list[str]:
-        """Insert an entry; return the names that fell out of the top k."""
-        self.entries.append((score, name))
-        self.entries.sort(key=lambda entry: entry[0], reverse=self.mode == "max")
-        evicted = [n for _, n in self.entries[self.k :]]
-        self.entries = self.entries[: self.k]
-        return evicted
-
-
-def tie_breaker(monitor: str) -> str:
-    """The loss of the weights `monitor` scores (val/loss for val/acc, val_ema/loss for
-    val_ema/acc): it decides between epochs of an equal score. For a loss it is itself."""
-    return f"{monitor.split('/', 1)[0]}/loss"
-
-
-def metric_filename(epoch: int, metrics: dict[str, float], monitor: str) -> str:
-    """`epoch=007-val_loss=0.1234-val_acc=0.9876.pt`: what a run's files say at a glance."""
-    parts = [f"{TOP_K_PREFIX}{epoch:03d}"]
-    for key in dict.fromkeys(["val/loss", monitor]):
-        if key in metrics:
-            parts.append(f"{key.replace('/', '_')}={metrics[key]:.4f}")
-    return "-".join(parts) + ".pt"
 
 
 class Checkpointer:
@@ -116,21 +73,9 @@ class Checkpointer:
         self.unfinished: dict[str, Any] | None = None  # a committed save whose links failed
 
     def improved(self, metrics: dict[str, float]) -> bool:
-        """Whether an epoch with these metrics is the best so far.
-
-        A NaN is never best, and never blocks a later number (every comparison with NaN is
-        False, so a NaN best, as older checkpoints may hold, would stay best for ever). An equal
-        score is best when its loss is lower (`tie_breaker`): accuracy over a few hundred
-        images ties often, and the epoch that fits them better is the better model.
-        """
-        score = float(metrics[self.monitor])
-        if math.isnan(score):
-            return False
-        best = self.best["score"]
-        if best is None or math.isnan(best) or self.top_k.better(score, best):
-            return True
-        loss, best_loss = metrics.get(tie_breaker(self.monitor)), self.best.get("loss")
-        return score == best and loss is not None and best_loss is not None and loss < best_loss
+        """Whether an epoch with these metrics is the best so far (ranking.py: improves_on)."""
+        score, loss = float(metrics[self.monitor]), metrics.get(tie_breaker(self.monitor))
+        return improves_on(self.best, score, loss, self.top_k)
 
     def best_file(self) -> Path | None:
         """Where the best checkpoint is, in this run's folder (None before any save)."""
