@@ -21,6 +21,7 @@ from finetune.engine.distributed import dist_info, quiet_other_ranks
 from finetune.engine.rundir import RunPaths, read_summary, write_hparams, write_summary
 from finetune.engine.setup import model_summary
 from finetune.models.factory import count_parameters
+from finetune.models.weights import EMA_PREFIX
 from finetune.records.augmented import log_augmented_grid
 from finetune.records.progress import log_to_file_only
 from finetune.safety.errors import one_line
@@ -46,7 +47,7 @@ def record_epoch(run: Run, row: dict[str, Any], samples: Predictions | None, is_
     loggers.log_metrics({"train/loss_epoch": row["train/loss"], **scalars}, step)
     loggers.log_predictions(samples, row["epoch"], step)  # the task's pictures
     loggers.log_histograms(run.parts.model, row["epoch"], step)  # last step's .grad: no sync
-    val = {k: v for k, v in row.items() if k.startswith(("val/", "val_ema/"))}
+    val = {k: v for k, v in row.items() if k.startswith(("val/", EMA_PREFIX))}
     log.info(
         "epoch %d/%d | train/loss %.4f | %s | lr %.2e | %.0f %s | %.1fs%s",
         row["epoch"],

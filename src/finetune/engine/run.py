@@ -51,6 +51,7 @@ from finetune.engine.setup import pick_device, seed_everything
 from finetune.engine.startup import StartupClock
 from finetune.engine.state import restore, state_of
 from finetune.engine.writer import BackgroundCheckpointer, build_checkpointer
+from finetune.models.weights import EMA_PREFIX
 from finetune.records.loggers import Loggers, build_loggers
 from finetune.records.predictions import Predictions
 from finetune.safety.checks import check_config
@@ -260,7 +261,7 @@ def validate(run: Run, samples: Predictions | None) -> dict[str, float]:
         ema_val = evaluate(
             ema, loader, parts.task, run.metrics, stepper.device, "val", limit, None, stepper.dtype
         )
-        val.update({k.replace("val/", "val_ema/"): v for k, v in ema_val.items()})
+        val.update({k.replace("val/", EMA_PREFIX): v for k, v in ema_val.items()})
     return val
 
 

@@ -40,7 +40,7 @@ def run_or_file(target: str, key: str, fix: str) -> Path:
     return path
 
 
-# The prefix of the EMA weights' validation metrics (engine/run.py: validate).
+# The prefix of the EMA weights' validation metrics (engine/run.py: validate), in one place.
 EMA_PREFIX = "val_ema/"
 
 
